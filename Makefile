@@ -1,0 +1,52 @@
+# Two commands for a fresh machine: `make demo` and `make test` (both set everything up first).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+ART := artifacts
+DEMO_MODEL := $(ART)/tiny_smolvla
+DEMO_BAG := $(ART)/demo_bag
+export PYTHONUNBUFFERED := 1
+# Keep each test's DDS traffic on this machine and apart from other runs.
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup test lint format demo colcon-build bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt setup.py
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt -c requirements-lock.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q test
+
+$(DEMO_MODEL)/model.safetensors: | setup
+	$(BIN)/kuavo-smolvla-make-demo-model $(DEMO_MODEL) --size tiny
+
+$(DEMO_BAG)/metadata.yaml: | setup
+	$(BIN)/kuavo-smolvla-make-demo-bag $(DEMO_BAG)
+
+demo: setup $(DEMO_MODEL)/model.safetensors $(DEMO_BAG)/metadata.yaml
+	$(BIN)/python -m kuavo_smolvla_ros.demo --model $(DEMO_MODEL) --bag $(DEMO_BAG) --out $(ART)/demo
+
+colcon-build: setup
+	source $(BIN)/activate && colcon build --base-paths . --build-base $(ART)/colcon/build --install-base $(ART)/colcon/install
+
+clean:
+	rm -rf $(ART) build install log .pytest_cache

@@ -399,7 +399,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     prefix = f"{where}." if where else ""
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + u for u in unknown)}; known: {sorted(names)}.")
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + u for u in unknown)}; known: {sorted(names)}."
+        )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     obj = cls(**kwargs)
     _check_bounds(cls, obj, prefix)
@@ -475,7 +477,9 @@ def _ros_section(raw: dict[str, Any], path: str) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
     """Load and validate the YAML config; ``overrides`` are dotted keys (``policy.device``)."""
     data: dict[str, Any] = {}
     if path:
@@ -506,5 +510,5 @@ def default_config_path(name: str = "kuavo_smolvla.yaml") -> Path:
         from ament_index_python.packages import get_package_share_directory
 
         return Path(get_package_share_directory("kuavo_smolvla_ros")) / "config" / name
-    except Exception:  # noqa: BLE001 - ament index absent outside a ROS install
+    except Exception:
         return here.parent / "config" / name

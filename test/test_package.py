@@ -1,0 +1,90 @@
+"""The package as ROS users install it: colcon build layout, package.xml, launch file, config."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kuavo_smolvla_ros.config import NODE_NAME, flatten, load_config, parameter_specs
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = "kuavo_smolvla_ros"
+EXECUTABLES = ("policy_node", "replay", "kuavo-smolvla-replay", "kuavo-smolvla-train")
+
+
+@pytest.fixture(scope="module")
+def colcon_install(tmp_path_factory) -> Path:
+    colcon = shutil.which("colcon", path=str(Path(sys.executable).parent)) or shutil.which("colcon")
+    if colcon is None:
+        pytest.fail("colcon is not installed: `make setup` installs colcon-common-extensions")
+    base = tmp_path_factory.mktemp("colcon")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    cmd = [colcon, "--log-base", str(base / "log"), "build", "--base-paths", str(REPO)]
+    cmd += ["--build-base", str(base / "build"), "--install-base", str(base / "install")]
+    proc = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return base / "install" / PKG
+
+
+def test_colcon_build_installs_launch_config_manifest_and_executables(colcon_install):
+    share = colcon_install / "share" / PKG
+    assert (share / "package.xml").is_file()
+    assert (share / "launch" / "policy.launch.py").is_file()
+    assert (share / "config" / "kuavo_smolvla.yaml").is_file()
+    assert (share / "config" / "kuavo_ros1_stock.yaml").is_file()
+    marker = colcon_install / "share" / "ament_index" / "resource_index" / "packages" / PKG
+    assert marker.is_file()
+    for exe in EXECUTABLES:
+        path = colcon_install / "lib" / PKG / exe
+        assert path.is_file() and os.access(path, os.X_OK), f"{exe} not installed in lib/{PKG}"
+
+
+def test_installed_config_is_the_one_the_node_loads(colcon_install):
+    cfg = load_config(colcon_install / "share" / PKG / "config" / "kuavo_smolvla.yaml")
+    assert cfg.robot.dim == 16
+    assert cfg.outputs.arm_topic == "/kuavo_arm_traj"
+
+
+def test_package_xml_is_format_3_ament_python_with_runtime_dependencies():
+    root = ET.parse(REPO / "package.xml").getroot()
+    assert root.get("format") == "3"
+    assert root.findtext("name") == PKG
+    assert root.find("export/build_type").text == "ament_python"
+    deps = {e.text for e in root.findall("exec_depend")}
+    for dep in ("rclpy", "sensor_msgs", "std_msgs", "std_srvs", "diagnostic_msgs", "cv_bridge"):
+        assert dep in deps
+    assert {"launch", "launch_ros"} <= deps
+
+
+def _launch_parameter_args() -> dict[str, str]:
+    tree = ast.parse((REPO / "launch" / "policy.launch.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and node.targets[0].id == "PARAMETER_ARGS":
+            return {k.value: v.elts[0].value for k, v in zip(node.value.keys, node.value.values)}
+    raise AssertionError("PARAMETER_ARGS not found in the launch file")
+
+
+def test_launch_arguments_set_parameters_that_the_node_declares():
+    args = _launch_parameter_args()
+    assert {"checkpoint", "device", "task", "dry_run"} <= set(args)
+    declared = {name for name, *_ in parameter_specs()}
+    for arg, param in args.items():
+        assert param in declared, f"launch argument {arg} sets unknown parameter {param}"
+    text = (REPO / "launch" / "policy.launch.py").read_text()
+    for name in ("config", "use_sim_time"):
+        assert f'"{name}"' in text
+
+
+def test_every_yaml_key_is_a_declared_parameter():
+    raw = yaml.safe_load((REPO / "config" / "kuavo_smolvla.yaml").read_text())
+    keys = set(flatten(raw[NODE_NAME]["ros__parameters"]))
+    declared = {name for name, *_ in parameter_specs()}
+    assert keys <= declared, keys - declared

@@ -240,6 +240,12 @@ class PolicyConfig:
     task: str = field(default="", metadata=_meta("Default task instruction."))
     seed: int = field(default=-1, metadata=_meta("Flow-matching noise seed; -1 for random."))
     warmup: bool = field(default=True, metadata=_meta("Run one forward pass at load."))
+    torch_threads: int = field(
+        default=0,
+        metadata=_meta(
+            "CPU threads for inference (0: torch default); leave a core for control.", ge=0
+        ),
+    )
 
 
 @dataclass(frozen=True)

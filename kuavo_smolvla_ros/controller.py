@@ -92,6 +92,8 @@ class PolicyController:
         self._fault: str | None = None
         self._mode = DISABLED
         self._last_stale: list[str] = []
+        self._last_request_task = ""
+        self._needs_ramp = False
         if cfg.start_enabled:
             self.enable(True)
 
@@ -135,6 +137,7 @@ class PolicyController:
         self._episode += 1  # answers to requests made before this point are dropped
         self.scheduler.reset()
         self.safety.reset()
+        self._needs_ramp = False
 
     # -- results from the driver --------------------------------------------------------------
     def on_chunk(self, request: InferenceRequest, chunk: np.ndarray, t_now: float) -> int:
@@ -176,19 +179,22 @@ class PolicyController:
             self._last_stale = stale
             if stale or self._fault is not None:
                 return self._hold_locked(t_now, stale)
-            if self._mode == HOLDING:  # inputs fresh again: resume like a new start
+            if self._mode == HOLDING:  # inputs fresh again: resume with a new chunk and ramp
                 self._episode += 1
                 self.scheduler.reset()
-                self.safety.reset()
+                self._needs_ramp = True
                 self._mode = WAITING
             request = self._maybe_request_locked(t_now)
             target = self.scheduler.command_at(t_now)
-            if not self.safety.started:
+            if self._needs_ramp or not self.safety.started:
                 measured = self.buffer.state(t_now)
                 if target is None or measured is None:
                     self._mode = WAITING
-                    return Tick(None, request, WAITING)
+                    held = self.safety.filter(None, t_now)  # None before the first command
+                    self.counters.commands += held is not None
+                    return Tick(held, request, WAITING)
                 self.safety.start_ramp(measured, t_now)
+                self._needs_ramp = False
             command = self.safety.filter(target, t_now)
             self._mode = RUNNING
             self.counters.commands += command is not None
@@ -211,6 +217,7 @@ class PolicyController:
         leftover, delay = self.scheduler.rtc_inputs(t_now) if self.rtc else (None, 0)
         self.scheduler.mark_requested(t_now)
         self.counters.requests += 1
+        self._last_request_task = obs.task
         return InferenceRequest(obs, self._episode, leftover, delay)
 
     # -- diagnostics --------------------------------------------------------------------------
@@ -233,6 +240,7 @@ class PolicyController:
             "speed_limited": self.safety.speed_limited,
             "holds": self.safety.holds,
             "task": self.buffer.task,
+            "last_request_task": self._last_request_task,
         }
 
 

@@ -115,6 +115,10 @@ class SafetyFilter:
     def start_ramp(self, measured: np.ndarray, t_now: float) -> None:
         """(Re)start from the measured pose (clamped into the limits) and ramp to the targets.
 
+        On a restart without ``reset`` (resume after a hold) the speed limit still counts from
+        the last command sent, so a robot that lagged behind its commands is met at the speed
+        limit instead of with a jump to where it was measured.
+
         Raises ValueError if ``measured`` has the wrong shape or a non-finite value: starting
         from a garbage pose would command it.
         """
@@ -124,8 +128,10 @@ class SafetyFilter:
         if not math.isfinite(t_now):
             raise ValueError(f"SafetyFilter.start_ramp: t_now={t_now} is not finite.")
         self._start = np.clip(m, self.lower, self.upper)
-        self._last = self._start.copy()
-        self._t_start = self._t_last = float(t_now)
+        if self._last is None:
+            self._last = self._start.copy()
+            self._t_last = float(t_now)
+        self._t_start = float(t_now)
 
     def ramping(self, t_now: float) -> bool:
         """Whether the ramp-in blend is still below 1 at ``t_now``."""

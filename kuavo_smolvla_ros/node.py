@@ -1,0 +1,424 @@
+"""The ROS 2 policy node: a thin shell around ``PolicyController`` (controller.py).
+
+It only wires parameters, topics, timers and threads: every decision (what to command, when to
+ask the model, how to merge chunks, what is safe) is made by the pure core.
+
+Threads. Every ROS callback is short (parse a joint message, hand a camera message over, tick,
+answer a service), so one ``SingleThreadedExecutor`` runs them all: measured here, rclpy's
+``MultiThreadedExecutor`` dropped the 100 Hz timer to 14-60 Hz under 300 input messages/s,
+while the single-threaded one held 100 Hz. Nothing slow ever runs on it:
+- ``frame-decoder`` thread: JPEG/raw decoding of the newest frame per camera (frames.py);
+- ``smolvla-inference`` thread: the model; it hands each chunk back with one call, so
+  ``~/enable`` and ``~/reset`` never wait behind inference.
+
+Run it with ``ros2 launch kuavo_smolvla_ros policy.launch.py``, ``ros2 run kuavo_smolvla_ros
+policy_node --ros-args --params-file config/kuavo_smolvla.yaml``, or from a venv without a ROS
+install: ``policy_node --ros-args -p checkpoint:=DIR -p device:=cpu``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import queue
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+
+from kuavo_smolvla_ros.config import (
+    NODE_NAME,
+    Config,
+    ConfigError,
+    from_dict,
+    parameter_specs,
+    unflatten,
+)
+from kuavo_smolvla_ros.controller import InferenceRequest, PolicyController, split_command
+from kuavo_smolvla_ros.frames import FrameDecoder
+from kuavo_smolvla_ros.observation import ObservationError, SourceExtractor
+
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED_QOS = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+# Top-level shortcuts for the most used parameters (``-p checkpoint:=...``).
+ALIASES = {"checkpoint": "policy.checkpoint", "device": "policy.device", "task": "policy.task"}
+# Changing these while running is safe; everything else needs a restart.
+RUNTIME_PARAMETERS = {"policy.task", "task", "dry_run"}
+
+
+def import_message(type_name: str) -> type:
+    """``sensor_msgs/msg/JointState`` -> the installed message class (clear error if absent)."""
+    parts = type_name.split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3:
+        raise ConfigError(f"message type {type_name!r} is not of the form pkg/msg/Type.")
+    try:
+        return getattr(importlib.import_module(f"{parts[0]}.{parts[1]}"), parts[2])
+    except (ImportError, AttributeError):
+        raise ConfigError(
+            f"message type {type_name!r} is not installed here: build/source its package"
+            " (e.g. a ROS 2 port of kuavo_msgs) or use sensor_msgs/msg/JointState."
+        ) from None
+
+
+def _descriptor(name: str, default: Any, description: str, bounds: dict) -> ParameterDescriptor:
+    d = ParameterDescriptor(
+        name=name, description=description, read_only=name not in RUNTIME_PARAMETERS
+    )
+    lo = bounds.get("ge", bounds.get("gt"))
+    hi = bounds.get("le")
+    if isinstance(default, float) and (lo is not None or hi is not None):
+        d.floating_point_range = [
+            FloatingPointRange(
+                from_value=float(lo if lo is not None else -1e300),
+                to_value=float(hi if hi is not None else 1e300),
+            )
+        ]
+    elif isinstance(default, int) and not isinstance(default, bool) and lo is not None:
+        d.integer_range = [
+            IntegerRange(from_value=int(lo), to_value=int(hi if hi is not None else 2**31 - 1))
+        ]
+    return d
+
+
+class PolicyNode(Node):
+    """Subscribes to Kuavo's joints and cameras, publishes safe 16-D commands at a fixed rate."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.cfg = self._declare_and_read_parameters()
+        self.controller = PolicyController(self.cfg)
+        self.runner = self._load_runner()
+        self._requests: queue.Queue[InferenceRequest | None] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._tick_times: list[float] = []
+        self._last_status_log = 0.0
+        self._dry_run = self.cfg.dry_run
+
+        self._warned: dict[str, tuple[float, int]] = {}
+        self._decoder = FrameDecoder(self._on_frame, self._on_bad_frame)
+        self._make_publishers()
+        self._make_subscriptions()
+        self.create_service(SetBool, "~/enable", self._on_enable)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._worker = threading.Thread(target=self._work, name="smolvla-inference", daemon=True)
+        self._worker.start()
+        self.create_timer(1.0 / self.cfg.scheduler.publish_rate_hz, self._on_tick)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(
+            f"ready: {self.cfg.robot.name}, {self.cfg.robot.dim}-D, chunk {self.runner.chunk_size}"
+            f" at {self.cfg.scheduler.action_fps:g} fps, commands at"
+            f" {self.cfg.scheduler.publish_rate_hz:g} Hz, merge {self.cfg.scheduler.merge_mode},"
+            f" {'dry run, ' if self._dry_run else ''}"
+            f"{'enabled' if self.controller.enabled else 'disabled: call ~/enable'}"
+        )
+
+    # -- parameters ---------------------------------------------------------------------------
+    def _declare_and_read_parameters(self) -> Config:
+        specs = parameter_specs()
+        for name, default, desc, bounds in specs:
+            self.declare_parameter(name, default, _descriptor(name, default, desc, bounds))
+        for alias, target in ALIASES.items():
+            self.declare_parameter(
+                alias, "", ParameterDescriptor(description=f"Shortcut for {target} (if not empty).")
+            )
+        flat = {name: self.get_parameter(name).value for name, *_ in specs}
+        for alias, target in ALIASES.items():
+            value = self.get_parameter(alias).value
+            if value:
+                flat[target] = value
+        # ROS stores an empty list parameter as a string array or byte array: make them tuples.
+        flat = {
+            k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in flat.items()
+        }
+        return from_dict(Config, unflatten(flat))
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        for p in params:
+            if p.name in ("task", "policy.task"):
+                self.controller.buffer.set_task(str(p.value))
+                self.get_logger().info(f"task set to {p.value!r}")
+            elif p.name == "dry_run":
+                self._dry_run = bool(p.value)
+        return SetParametersResult(successful=True)
+
+    def _load_runner(self) -> Any:
+        from kuavo_smolvla_ros.policy import load_policy
+
+        pol = self.cfg.policy
+        if not pol.checkpoint:
+            raise ConfigError(
+                "no checkpoint: set policy.checkpoint (or -p checkpoint:=DIR_OR_HUB_ID)."
+            )
+        if pol.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(pol.torch_threads)
+        self.get_logger().info(f"loading {pol.checkpoint} on {pol.device} ...")
+        t0 = time.perf_counter()
+        runner = load_policy(pol.checkpoint, device=pol.device, config=self.cfg)
+        self.get_logger().info(
+            f"loaded in {time.perf_counter() - t0:.1f} s; one chunk takes"
+            f" {1e3 * runner.last_inference_s:.0f} ms here"
+        )
+        return runner
+
+    # -- topics -------------------------------------------------------------------------------
+    def _make_publishers(self) -> None:
+        out = self.cfg.outputs
+        self._arm_pub = self.create_publisher(JointState, out.arm_topic, COMMAND_QOS)
+        self._gripper_type = import_message(out.gripper_msg_type)
+        self._gripper_pub = self.create_publisher(
+            self._gripper_type, out.gripper_topic, COMMAND_QOS
+        )
+        self._action_pub = self.create_publisher(JointState, out.action_topic, COMMAND_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def _make_subscriptions(self) -> None:
+        inp = self.cfg.inputs
+        for label in ("arm", "gripper"):
+            src = getattr(inp, label)
+            extractor = SourceExtractor(src, label)
+            self.create_subscription(
+                import_message(src.msg_type),
+                src.topic,
+                lambda msg, lb=label, ex=extractor: self._on_state(lb, ex, msg),
+                qos_profile_sensor_data,
+            )
+        cams = inp.cameras
+        for name, topic, transport in zip(cams.names, cams.topics, cams.transports):
+            self.create_subscription(
+                CompressedImage if transport == "compressed" else Image,
+                topic,
+                lambda msg, n=name, tr=transport: self._on_image(n, tr, msg),
+                qos_profile_sensor_data,
+            )
+        self.create_subscription(String, inp.task_topic, self._on_task, LATCHED_QOS)
+
+    def now_s(self) -> float:
+        """The node clock in seconds (sim time when ``use_sim_time`` is set)."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _bad_input(self, what: str, exc: Exception) -> None:
+        """Log a bad message at most every 2 s per input (rclpy throttles per call site, which
+        would let one broken topic hide another)."""
+        now = time.monotonic()
+        last, suppressed = self._warned.get(what, (-1e9, 0))
+        if now - last < 2.0:
+            self._warned[what] = (last, suppressed + 1)
+            return
+        self._warned[what] = (now, 0)
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        self.get_logger().warning(f"ignored {what}: {exc}{more}")
+
+    def _on_state(self, label: str, extractor: SourceExtractor, msg: Any) -> None:
+        try:
+            self.controller.buffer.update_state(label, extractor(msg), self.now_s())
+        except (ObservationError, ValueError) as exc:
+            self._bad_input(f"{label} state on {extractor.src.topic}", exc)
+
+    def _on_image(self, camera: str, transport: str, msg: Any) -> None:
+        self._decoder.submit(camera, transport, msg, self.now_s())
+
+    def _on_frame(self, camera: str, rgb: np.ndarray, t: float) -> None:
+        self.controller.buffer.update_image(camera, rgb, t)
+
+    def _on_bad_frame(self, camera: str, exc: Exception) -> None:
+        self._bad_input(f"image from camera {camera}", exc)
+
+    def _on_task(self, msg: String) -> None:
+        self.controller.buffer.set_task(msg.data)
+        self.get_logger().info(f"task: {msg.data!r}")
+
+    # -- control ------------------------------------------------------------------------------
+    def _on_tick(self) -> None:
+        t = self.now_s()
+        tick = self.controller.tick(t)
+        if tick.request is not None:
+            try:
+                self._requests.put_nowait(tick.request)
+            except queue.Full:  # cannot happen with one request in flight; stay safe anyway
+                self.controller.on_failure(tick.request, "inference queue full")
+        if tick.command is not None:
+            self._publish(tick.command)
+        if tick.stale:
+            self.get_logger().warning(
+                f"holding: stale inputs {', '.join(tick.stale)}", throttle_duration_sec=2.0
+            )
+        self._tick_times.append(time.monotonic())
+
+    def _publish(self, command: np.ndarray) -> None:
+        stamp = self.get_clock().now().to_msg()
+        names = list(self.cfg.robot.joint_names)
+        action = JointState(name=names, position=command.tolist())
+        action.header.stamp = stamp
+        self._action_pub.publish(action)
+        if self._dry_run:
+            return
+        arm, gripper = split_command(command, self.cfg)
+        out = self.cfg.outputs
+        arm_msg = JointState(name=list(out.arm_names), position=arm.tolist())
+        arm_msg.header.stamp = stamp
+        self._arm_pub.publish(arm_msg)
+        self._gripper_pub.publish(self._gripper_message(gripper, stamp))
+
+    def _gripper_message(self, values: np.ndarray, stamp: Any) -> Any:
+        """The gripper command in the configured type: ``field`` gets the values, a ``name``
+        list beside it the names (JointState, kuavo_msgs/lejuClawCommand's ``data``...)."""
+        out = self.cfg.outputs
+        msg = self._gripper_type()
+        *parents, leaf = out.gripper_field.split(".")
+        holder = msg
+        for p in parents:
+            holder = getattr(holder, p)
+        setattr(holder, leaf, [float(v) for v in values])
+        if hasattr(holder, "name"):
+            holder.name = list(out.gripper_names)
+        if hasattr(msg, "header"):
+            msg.header.stamp = stamp
+        return msg
+
+    def _work(self) -> None:
+        """Inference worker: one request at a time; never touches ROS objects but the clock."""
+        seed = self.cfg.policy.seed
+        while not self._stop.is_set():
+            try:
+                req = self._requests.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if req is None:
+                break
+            obs = req.observation
+            try:
+                chunk = self.runner.predict_chunk(
+                    obs.state,
+                    obs.images,
+                    obs.task,
+                    seed=None if seed < 0 else seed,
+                    inference_delay=req.delay_steps,
+                    prev_chunk_left_over=req.leftover,
+                )
+            except Exception as exc:  # the model failed: hold, never crash the node
+                self.controller.on_failure(req, f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(
+                    f"policy failed, holding the last command until ~/reset or ~/enable: {exc}",
+                    throttle_duration_sec=5.0,
+                )
+                continue
+            skipped = self.controller.on_chunk(req, chunk, self.now_s())
+            if skipped < 0 and self.controller.fault:
+                self.get_logger().error(
+                    f"holding: {self.controller.fault}", throttle_duration_sec=5.0
+                )
+
+    # -- services -----------------------------------------------------------------------------
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> Any:
+        response.message = self.controller.enable(bool(request.data))
+        response.success = True
+        self.get_logger().info(f"~/enable {request.data}: {response.message}")
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
+        self.controller.reset()
+        self.runner.reset()
+        response.success = True
+        response.message = "reset: buffers cleared, new episode"
+        self.get_logger().info(response.message)
+        return response
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        t = self.now_s()
+        st = self.controller.status(t)
+        ticks, self._tick_times = self._tick_times[-200:], self._tick_times[-1:]
+        rate = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 2 else 0.0
+        st["publish_rate_hz"] = round(rate, 1)
+        st["last_inference_ms"] = round(1e3 * self.runner.last_inference_s, 1)
+        level = DiagnosticStatus.OK
+        if st["mode"] == "holding":
+            level = DiagnosticStatus.ERROR if st["fault"] else DiagnosticStatus.WARN
+        elif st["mode"] in ("disabled", "waiting"):
+            level = DiagnosticStatus.WARN if st["mode"] == "waiting" else DiagnosticStatus.OK
+        diag = DiagnosticArray()
+        diag.header.stamp = self.get_clock().now().to_msg()
+        diag.status = [
+            DiagnosticStatus(
+                level=level,
+                name=f"{self.get_name()}: policy",
+                message=str(st["mode"]) + (f" ({st['fault']})" if st["fault"] else ""),
+                hardware_id=self.cfg.robot.name,
+                values=[KeyValue(key=k, value=str(v)) for k, v in st.items()],
+            )
+        ]
+        self._diag_pub.publish(diag)
+        if time.monotonic() - self._last_status_log >= 5.0:
+            self._last_status_log = time.monotonic()
+            self.get_logger().info(
+                f"{st['mode']}: {st['publish_rate_hz']} Hz, buffer {st['buffered_s']} s,"
+                f" latency p50 {st['latency_p50_ms']} ms p95 {st['latency_p95_ms']} ms,"
+                f" chunks {st['chunks']}, clamped {st['clamped']}, holds {st['holds']}"
+                + (f", stale {st['stale_inputs']}" if st["stale_inputs"] else "")
+            )
+
+    def shutdown(self) -> None:
+        """Stop the worker; the last command stays the robot's last safe command."""
+        self._stop.set()
+        self._decoder.stop()
+        with contextlib.suppress(queue.Full):
+            self._requests.put_nowait(None)
+        self._worker.join(timeout=5.0)
+
+
+def main(args: list[str] | None = None) -> int:
+    rclpy.init(args=args)
+    node: PolicyNode | None = None
+    code = 0
+    try:
+        node = PolicyNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # configuration / checkpoint problems: one clear line, no traceback
+        from kuavo_smolvla_ros.dims import DimensionError
+        from kuavo_smolvla_ros.policy import CheckpointError
+
+        if not isinstance(exc, (ConfigError, CheckpointError, DimensionError)):
+            raise
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+        code = 2
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,6 +23,7 @@ import yaml
 NODE_NAME = "kuavo_smolvla_policy"
 MERGE_MODES = ("latest_only", "weighted_average", "temporal_ensemble", "rtc")
 CAMERA_TRANSPORTS = ("compressed", "raw")
+POLICY_BACKENDS = ("process", "thread")
 
 
 class ConfigError(ValueError):
@@ -246,6 +247,19 @@ class PolicyConfig:
             "CPU threads for inference (0: torch default); leave a core for control.", ge=0
         ),
     )
+    backend: str = field(
+        default="process",
+        metadata=_meta(
+            "Where the model runs: process (a child process, no GIL contention with the"
+            " control timer) or thread (in the node's process)."
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            self.backend in POLICY_BACKENDS,
+            f"policy.backend={self.backend!r}; choose one of {POLICY_BACKENDS}.",
+        )
 
 
 @dataclass(frozen=True)
@@ -363,6 +377,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         (inner, *_rest) = typing.get_args(tp)
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}.")
+        if inner is str:  # [''] is how an empty string list is written on the ROS command line
+            value = [v for v in value if v != ""]
         return tuple(_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (typing.Union, types.UnionType):
         return value
@@ -450,9 +466,11 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parameter_specs() -> list[tuple[str, Any, str, dict[str, Any]]]:
-    """(dotted name, default, description, bounds) for every leaf: what the node declares."""
-    specs: list[tuple[str, Any, str, dict[str, Any]]] = []
+def parameter_specs() -> list[tuple[str, Any, str, dict[str, Any], type]]:
+    """(dotted name, default, description, bounds, element type) for every leaf: what the node
+    declares. The element type is the field's type, or its items' type for lists (so an empty
+    list default still declares a typed ROS parameter)."""
+    specs: list[tuple[str, Any, str, dict[str, Any], type]] = []
 
     def walk(cls: type, obj: Any, prefix: str) -> None:
         hints = _field_types(cls)
@@ -464,7 +482,9 @@ def parameter_specs() -> list[tuple[str, Any, str, dict[str, Any]]]:
             desc = f.metadata.get("description", "")
             bounds = {k: f.metadata[k] for k in ("gt", "ge", "le") if k in f.metadata}
             default = list(v) if isinstance(v, tuple) else v
-            specs.append((prefix + f.name, default, desc, bounds))
+            hint = hints[f.name]
+            elem = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+            specs.append((prefix + f.name, default, desc, bounds, elem))
 
     walk(Config, Config(), "")
     return specs

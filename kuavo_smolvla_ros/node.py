@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import queue
 import threading
 import time
@@ -29,13 +30,14 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (
-    FloatingPointRange,
     IntegerRange,
     ParameterDescriptor,
     SetParametersResult,
 )
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy,
     QoSProfile,
@@ -43,7 +45,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import CompressedImage, Image, JointState
-from std_msgs.msg import String
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 
 from kuavo_smolvla_ros.config import (
@@ -62,10 +64,19 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
+ARRAY_TYPES = {
+    str: Parameter.Type.STRING_ARRAY,
+    int: Parameter.Type.INTEGER_ARRAY,
+    float: Parameter.Type.DOUBLE_ARRAY,
+    bool: Parameter.Type.BOOL_ARRAY,
+}
 # Top-level shortcuts for the most used parameters (``-p checkpoint:=...``).
 ALIASES = {"checkpoint": "policy.checkpoint", "device": "policy.device", "task": "policy.task"}
 # Changing these while running is safe; everything else needs a restart.
 RUNTIME_PARAMETERS = {"policy.task", "task", "dry_run"}
+# ~/chunk_timing: one message per accepted chunk (replay and benchmarks read latencies from it).
+CHUNK_TIMING_FIELDS = ("t_obs", "t_arrival", "skipped_steps", "inference_s")
+TICK_LOG_ENV = "KUAVO_SMOLVLA_TICK_LOG"
 
 
 def import_message(type_name: str) -> type:
@@ -85,22 +96,22 @@ def import_message(type_name: str) -> type:
 
 
 def _descriptor(name: str, default: Any, description: str, bounds: dict) -> ParameterDescriptor:
+    """A ROS parameter descriptor from the config field's metadata.
+
+    Float parameters accept integers too (``-p scheduler.publish_rate_hz:=50``); their bounds
+    are checked by the config with a message that names the field.
+    """
+    limits = ", ".join(f"{k} {v}" for k, v in bounds.items())
     d = ParameterDescriptor(
-        name=name, description=description, read_only=name not in RUNTIME_PARAMETERS
+        name=name,
+        description=description + (f" ({limits})" if limits else ""),
+        read_only=name not in RUNTIME_PARAMETERS,
     )
-    lo = bounds.get("ge", bounds.get("gt"))
-    hi = bounds.get("le")
-    if isinstance(default, float) and (lo is not None or hi is not None):
-        d.floating_point_range = [
-            FloatingPointRange(
-                from_value=float(lo if lo is not None else -1e300),
-                to_value=float(hi if hi is not None else 1e300),
-            )
-        ]
-    elif isinstance(default, int) and not isinstance(default, bool) and lo is not None:
-        d.integer_range = [
-            IntegerRange(from_value=int(lo), to_value=int(hi if hi is not None else 2**31 - 1))
-        ]
+    if isinstance(default, float):
+        d.dynamic_typing = True
+    elif isinstance(default, int) and not isinstance(default, bool) and "ge" in bounds:
+        hi = bounds.get("le", 2**31 - 1)
+        d.integer_range = [IntegerRange(from_value=int(bounds["ge"]), to_value=int(hi), step=1)]
     return d
 
 
@@ -115,6 +126,10 @@ class PolicyNode(Node):
         self._requests: queue.Queue[InferenceRequest | None] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._tick_times: list[float] = []
+        # Benchmarks (benchmarks/node_timing.py, soak.py): KUAVO_SMOLVLA_TICK_LOG=FILE appends
+        # one "start end" line (time.monotonic() s) per control tick, flushed once a second.
+        self._tick_log_path = os.environ.get(TICK_LOG_ENV, "")
+        self._tick_log: list[tuple[float, float]] = []
         self._last_status_log = 0.0
         self._dry_run = self.cfg.dry_run
 
@@ -140,13 +155,18 @@ class PolicyNode(Node):
     # -- parameters ---------------------------------------------------------------------------
     def _declare_and_read_parameters(self) -> Config:
         specs = parameter_specs()
-        for name, default, desc, bounds in specs:
-            self.declare_parameter(name, default, _descriptor(name, default, desc, bounds))
+        for name, default, desc, bounds, elem in specs:
+            descriptor = _descriptor(name, default, desc, bounds)
+            if isinstance(default, list) and not default:
+                # An empty default cannot tell ROS its type: declare the array type explicitly.
+                self.declare_parameter(name, ARRAY_TYPES[elem], descriptor)
+            else:
+                self.declare_parameter(name, default, descriptor)
         for alias, target in ALIASES.items():
             self.declare_parameter(
                 alias, "", ParameterDescriptor(description=f"Shortcut for {target} (if not empty).")
             )
-        flat = {name: self.get_parameter(name).value for name, *_ in specs}
+        flat = {name: self._value_or(name, default) for name, default, *_ in specs}
         for alias, target in ALIASES.items():
             value = self.get_parameter(alias).value
             if value:
@@ -156,6 +176,12 @@ class PolicyNode(Node):
             k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in flat.items()
         }
         return from_dict(Config, unflatten(flat))
+
+    def _value_or(self, name: str, default: Any) -> Any:
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:  # a typed empty list nobody set
+            return default
 
     def _on_set_parameters(self, params: list) -> SetParametersResult:
         for p in params:
@@ -174,13 +200,18 @@ class PolicyNode(Node):
             raise ConfigError(
                 "no checkpoint: set policy.checkpoint (or -p checkpoint:=DIR_OR_HUB_ID)."
             )
-        if pol.torch_threads > 0:
-            import torch
-
-            torch.set_num_threads(pol.torch_threads)
-        self.get_logger().info(f"loading {pol.checkpoint} on {pol.device} ...")
+        self.get_logger().info(f"loading {pol.checkpoint} on {pol.device} ({pol.backend}) ...")
         t0 = time.perf_counter()
-        runner = load_policy(pol.checkpoint, device=pol.device, config=self.cfg)
+        if pol.backend == "process":  # the model in a child process: no GIL contention
+            from kuavo_smolvla_ros.inference_process import ProcessRunner
+
+            runner = ProcessRunner(pol.checkpoint, device=pol.device, config=self.cfg)
+        else:
+            if pol.torch_threads > 0:
+                import torch
+
+                torch.set_num_threads(pol.torch_threads)
+            runner = load_policy(pol.checkpoint, device=pol.device, config=self.cfg)
         self.get_logger().info(
             f"loaded in {time.perf_counter() - t0:.1f} s; one chunk takes"
             f" {1e3 * runner.last_inference_s:.0f} ms here"
@@ -197,6 +228,7 @@ class PolicyNode(Node):
         )
         self._action_pub = self.create_publisher(JointState, out.action_topic, COMMAND_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._chunk_pub = self.create_publisher(Float64MultiArray, "~/chunk_timing", COMMAND_QOS)
 
     def _make_subscriptions(self) -> None:
         inp = self.cfg.inputs
@@ -256,6 +288,7 @@ class PolicyNode(Node):
 
     # -- control ------------------------------------------------------------------------------
     def _on_tick(self) -> None:
+        t_start = time.monotonic()
         t = self.now_s()
         tick = self.controller.tick(t)
         if tick.request is not None:
@@ -270,6 +303,14 @@ class PolicyNode(Node):
                 f"holding: stale inputs {', '.join(tick.stale)}", throttle_duration_sec=2.0
             )
         self._tick_times.append(time.monotonic())
+        if self._tick_log_path:
+            self._tick_log.append((t_start, self._tick_times[-1]))
+
+    def _flush_tick_log(self) -> None:
+        if self._tick_log_path and self._tick_log:
+            rows, self._tick_log = self._tick_log, []
+            with open(self._tick_log_path, "a") as f:
+                f.writelines(f"{a:.6f} {b:.6f}\n" for a, b in rows)
 
     def _publish(self, command: np.ndarray) -> None:
         stamp = self.get_clock().now().to_msg()
@@ -323,17 +364,33 @@ class PolicyNode(Node):
                     prev_chunk_left_over=req.leftover,
                 )
             except Exception as exc:  # the model failed: hold, never crash the node
+                if self._stop.is_set():  # shutting down: the runner was closed under us
+                    break
                 self.controller.on_failure(req, f"{type(exc).__name__}: {exc}")
                 self.get_logger().error(
                     f"policy failed, holding the last command until ~/reset or ~/enable: {exc}",
                     throttle_duration_sec=5.0,
                 )
                 continue
-            skipped = self.controller.on_chunk(req, chunk, self.now_s())
+            t_arrival = self.now_s()
+            skipped = self.controller.on_chunk(req, chunk, t_arrival)
+            if skipped >= 0:
+                self._publish_chunk_timing(req.t_obs, t_arrival, skipped)
             if skipped < 0 and self.controller.fault:
                 self.get_logger().error(
                     f"holding: {self.controller.fault}", throttle_duration_sec=5.0
                 )
+
+    def _publish_chunk_timing(self, t_obs: float, t_arrival: float, skipped: int) -> None:
+        """[t_obs, t_arrival, skipped_steps, inference_s] of an accepted chunk (node clock)."""
+        n = len(CHUNK_TIMING_FIELDS)
+        msg = Float64MultiArray(
+            data=[t_obs, t_arrival, float(skipped), self.runner.last_inference_s]
+        )
+        msg.layout.dim = [
+            MultiArrayDimension(label=",".join(CHUNK_TIMING_FIELDS), size=n, stride=n)
+        ]
+        self._chunk_pub.publish(msg)
 
     # -- services -----------------------------------------------------------------------------
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> Any:
@@ -352,6 +409,7 @@ class PolicyNode(Node):
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        self._flush_tick_log()
         t = self.now_s()
         st = self.controller.status(t)
         ticks, self._tick_times = self._tick_times[-200:], self._tick_times[-1:]
@@ -390,7 +448,11 @@ class PolicyNode(Node):
         self._decoder.stop()
         with contextlib.suppress(queue.Full):
             self._requests.put_nowait(None)
+        close = getattr(self.runner, "close", None)  # ProcessRunner: stop the child process
+        if close is not None:
+            close()
         self._worker.join(timeout=5.0)
+        self._flush_tick_log()
 
 
 def main(args: list[str] | None = None) -> int:
@@ -405,10 +467,14 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # configuration / checkpoint problems: one clear line, no traceback
+        from rclpy.exceptions import NameValidationException, ParameterException
+
         from kuavo_smolvla_ros.dims import DimensionError
         from kuavo_smolvla_ros.policy import CheckpointError
 
-        if not isinstance(exc, (ConfigError, CheckpointError, DimensionError)):
+        expected = (ConfigError, CheckpointError, DimensionError, ParameterException)
+        expected += (NameValidationException,)
+        if not isinstance(exc, expected):
             raise
         rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
         code = 2

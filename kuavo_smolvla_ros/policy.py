@@ -105,6 +105,8 @@ class PolicyRunner:
         self._normalizer = next(
             (s for s in preprocessor.steps if type(s).__name__ == "NormalizerProcessorStep"), None
         )
+        # fast_path.FastPath when load_policy turned it on (bf16 + CUDA graphs); same contract.
+        self.fast_path: Any = None
 
     # -- the interface ------------------------------------------------------------------------
     @property
@@ -137,6 +139,12 @@ class PolicyRunner:
         the same chunk. ``inference_delay`` / ``prev_chunk_left_over`` (robot units) are used
         when the runner was loaded with RTC.
         """
+        if self.fast_path is not None:
+            out = self.fast_path.predict_chunk(
+                state, images, task, seed, inference_delay, prev_chunk_left_over
+            )
+            self.timing = _Timing(*self.fast_path.last_timing)
+            return out
         torch = self._torch
         t0 = time.perf_counter()
         batch = self.make_batch(state, images, task)
@@ -182,9 +190,7 @@ class PolicyRunner:
                     f"camera {cam!r}: expected an RGB uint8 HxWx3 image, got {img.dtype}"
                     f" {img.shape}."
                 )
-            batch[feature] = (
-                torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255
-            )
+            batch[feature] = torch.tensor(img).permute(2, 0, 1).float() / 255
         batch["task"] = task or ""
         return batch
 
@@ -197,29 +203,22 @@ class PolicyRunner:
         return t.unsqueeze(0)
 
 
-def load_policy(
-    checkpoint: str | Path,
-    device: str = "cpu",
-    config: Config | None = None,
-    *,
-    rtc: bool | None = None,
-    warmup: bool | None = None,
-) -> PolicyRunner:
-    """Load a SmolVLA checkpoint (local dir or hub id) for the configured robot profile.
+def bundled_vlm_dir(ckpt: Path) -> Path | None:
+    """``<ckpt>/vlm`` when the checkpoint carries its backbone's config and processor (offline
+    checkpoints from demo_model, and checkpoints fine-tuned from them), else None."""
+    vlm = Path(ckpt) / "vlm"
+    return vlm.resolve() if (vlm / "config.json").is_file() else None
 
-    Checks every dimension rule (``dims``) before building the model, keeps the checkpoint's
-    32-D width, loads its saved pre/post processors, and optionally runs one warm-up forward.
-    ``rtc`` defaults to ``config.scheduler.merge_mode == "rtc"``.
+
+def read_policy_config(ckpt: Path, device: str) -> Any:
+    """The checkpoint's SmolVLA config, ready to build the model (inference and training).
+
+    Redirects ``vlm_model_name`` to a bundled backbone and turns off the separate VLM weight
+    download: every weight comes from the checkpoint itself.
     """
     from lerobot.configs.policies import PreTrainedConfig
-    from lerobot.policies.factory import make_pre_post_processors
-    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig  # noqa: F401 (registers)
 
-    cfg = config or Config()
-    rtc = cfg.scheduler.merge_mode == "rtc" if rtc is None else rtc
-    warmup = cfg.policy.warmup if warmup is None else warmup
-    device = resolve_device(device)
-    ckpt = resolve_checkpoint(checkpoint)
     try:
         policy_cfg = PreTrainedConfig.from_pretrained(ckpt)
     except Exception as exc:
@@ -228,12 +227,53 @@ def load_policy(
         raise CheckpointError(
             f"{ckpt} holds a {getattr(policy_cfg, 'type', '?')!r} policy; this package runs SmolVLA."
         )
-    bundled_vlm = ckpt / "vlm"
-    if (bundled_vlm / "config.json").is_file():
-        # Offline checkpoints carry their backbone's config and processor (see demo_model).
-        policy_cfg.vlm_model_name = str(bundled_vlm.resolve())
+    vlm = bundled_vlm_dir(ckpt)
+    if vlm is not None:
+        policy_cfg.vlm_model_name = str(vlm)
     policy_cfg.device = device
-    policy_cfg.load_vlm_weights = False  # all weights come from the checkpoint itself
+    policy_cfg.load_vlm_weights = False
+    return policy_cfg
+
+
+def processor_overrides(ckpt: Path, device: str) -> dict[str, dict[str, Any]]:
+    """Overrides for the checkpoint's saved pre-processor: device, and a bundled tokenizer."""
+    overrides: dict[str, dict[str, Any]] = {"device_processor": {"device": device}}
+    vlm = bundled_vlm_dir(ckpt)
+    if vlm is not None and (vlm / "tokenizer_config.json").is_file():
+        overrides["tokenizer_processor"] = {"tokenizer_name": str(vlm)}
+    return overrides
+
+
+def load_policy(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    config: Config | None = None,
+    *,
+    rtc: bool | None = None,
+    warmup: bool | None = None,
+    fast_path: str | None = None,
+) -> PolicyRunner:
+    """Load a SmolVLA checkpoint (local dir or hub id) for the configured robot profile.
+
+    Checks every dimension rule (``dims``) before building the model, keeps the checkpoint's
+    32-D width, loads its saved pre/post processors, and optionally runs one warm-up forward.
+    ``rtc`` defaults to ``config.scheduler.merge_mode == "rtc"``. ``fast_path`` (default
+    ``config.policy.fast_path``): ``auto`` = on for CUDA, off elsewhere; ``on`` needs CUDA;
+    see ``fast_path.py`` (bf16 + one CUDA graph per chunk, RTC included).
+    """
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    cfg = config or Config()
+    rtc = cfg.scheduler.merge_mode == "rtc" if rtc is None else rtc
+    warmup = cfg.policy.warmup if warmup is None else warmup
+    fast_mode = cfg.policy.fast_path if fast_path is None else fast_path
+    device = resolve_device(device)
+    from kuavo_smolvla_ros import fast_path as fp
+
+    fast = fp.use_fast_path(fast_mode, device)  # "on" without CUDA fails here, before loading
+    ckpt = resolve_checkpoint(checkpoint)
+    policy_cfg = read_policy_config(ckpt, device)
 
     ck = dims.CheckpointDims.from_policy_config(policy_cfg, dims.state_proj_in_features(ckpt))
     dims.check_checkpoint(ck, cfg.robot.dim)
@@ -248,9 +288,7 @@ def load_policy(
             enabled=True, execution_horizon=cfg.scheduler.n_action_steps
         )
 
-    overrides: dict[str, dict[str, Any]] = {"device_processor": {"device": device}}
-    if (bundled_vlm / "tokenizer_config.json").is_file():
-        overrides["tokenizer_processor"] = {"tokenizer_name": str(bundled_vlm.resolve())}
+    overrides = processor_overrides(ckpt, device)
     try:
         pre, post = make_pre_post_processors(
             policy_cfg, pretrained_path=str(ckpt), preprocessor_overrides=overrides
@@ -278,8 +316,17 @@ def load_policy(
     policy.eval()
     log.info("loaded %s on %s in %.1f s", ckpt, device, time.perf_counter() - t0)
     runner = PolicyRunner(policy, pre, post, camera_features, cfg.robot.dim, device, ckpt)
+    if fast:
+        try:
+            runner.fast_path = fp.FastPath(runner)
+        except fp.FastPathError as exc:
+            if fast_mode == "on":
+                raise
+            log.warning("fast path off, running LeRobot eagerly: %s", exc)
     if warmup:
+        t0 = time.perf_counter()
         warm_up(runner)
+        log.info("warm-up (and graph capture) in %.1f s", time.perf_counter() - t0)
     return runner
 
 

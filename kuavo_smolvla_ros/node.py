@@ -474,10 +474,13 @@ def main(args: list[str] | None = None) -> int:
 
         expected = (ConfigError, CheckpointError, DimensionError, ParameterException)
         expected += (NameValidationException,)
-        if not isinstance(exc, expected):
+        if isinstance(exc, expected):
+            rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
+            code = 2
+        elif rclpy.ok():
             raise
-        rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        code = 2
+        # else: SIGTERM/SIGINT shut the context down while the executor was building its wait
+        # set (rclpy raises RCLError there instead of ExternalShutdownException): a clean stop.
     finally:
         if node is not None:
             node.shutdown()

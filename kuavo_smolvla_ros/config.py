@@ -288,7 +288,12 @@ class SchedulerConfig:
         default=0.01, metadata=_meta("temporal_ensemble: w_i = exp(-decay * i).", ge=0.0)
     )
     latency_init_s: float = field(
-        default=0.1, metadata=_meta("Initial inference latency estimate.", ge=0.0)
+        default=0.1,
+        metadata=_meta(
+            "Initial latency estimate when no warm-up was measured (the node starts from the"
+            " warm-up chunk's time).",
+            ge=0.0,
+        ),
     )
     latency_window: int = field(
         default=20, metadata=_meta("Latency estimate: window of recent chunks.", ge=1)

@@ -360,6 +360,31 @@ class Config:
         )
 
 
+def command_sources(cfg: Config) -> tuple[SourceConfig, SourceConfig]:
+    """The recorded commands (``outputs.*`` topics) read back as sources in policy units: the
+    arm command by ``outputs.arm_names`` (degrees -> rad when ``arm_in_degrees``) and the gripper
+    command divided by ``gripper_scale``. Dataset actions (convert) and the replay reference
+    both come from here, so they cannot disagree."""
+    out, robot = cfg.outputs, cfg.robot
+    arm = SourceConfig(
+        topic=out.arm_topic,
+        msg_type="sensor_msgs/msg/JointState",
+        field="position",
+        names=tuple(out.arm_names),
+        scale=math.pi / 180.0 if out.arm_in_degrees else 1.0,
+        dims=robot.arm_indices,
+    )
+    gripper = SourceConfig(
+        topic=out.gripper_topic,
+        msg_type=out.gripper_msg_type,
+        field=out.gripper_field,
+        names=tuple(out.gripper_names),
+        scale=1.0 / out.gripper_scale,
+        dims=robot.gripper_indices,
+    )
+    return arm, gripper
+
+
 # ---------------------------------------------------------------------------------------------
 # Dict <-> dataclass plumbing (also used by the node to declare ROS parameters).
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from kuavo_smolvla_ros import dims
-from kuavo_smolvla_ros.config import Config, ConfigError, SourceConfig, load_config
+from kuavo_smolvla_ros.config import Config, ConfigError, SourceConfig, command_sources, load_config
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +45,6 @@ SIDECAR = "meta/kuavo_convert.json"
 
 class ConvertError(RuntimeError):
     """A bag cannot be converted with this config; the message says why and what to change."""
-
-
-def action_sources(cfg: Config) -> tuple[SourceConfig, SourceConfig]:
-    """The recorded commands as state-like sources, in policy units and policy dims."""
-    out, robot = cfg.outputs, cfg.robot
-    arm = SourceConfig(
-        topic=out.arm_topic,
-        msg_type="sensor_msgs/msg/JointState",
-        field="position",
-        names=tuple(out.arm_names),
-        scale=math.pi / 180.0 if out.arm_in_degrees else 1.0,
-        dims=robot.arm_indices,
-    )
-    gripper = SourceConfig(
-        topic=out.gripper_topic,
-        msg_type=out.gripper_msg_type,
-        field=out.gripper_field,
-        names=tuple(out.gripper_names),
-        scale=1.0 / out.gripper_scale,
-        dims=robot.gripper_indices,
-    )
-    return arm, gripper
 
 
 def pick_vcodec(requested: str = "libsvtav1") -> str:
@@ -130,7 +108,7 @@ _CONFIG_FIELDS = {
 
 def _streams(cfg: Config) -> list[_Stream]:
     cams = cfg.inputs.cameras
-    arm_cmd, grip_cmd = action_sources(cfg)
+    arm_cmd, grip_cmd = command_sources(cfg)  # the recorded commands are the actions
     t_state, t_cam = cfg.inputs.state_timeout_s, cfg.inputs.camera_timeout_s
     streams = [
         _Stream("state", "arm", cfg.inputs.arm, t_state),

@@ -85,6 +85,7 @@ from kuavo_smolvla_ros.config import (
     Config,
     ConfigError,
     SourceConfig,
+    command_sources,
     default_config_path,
     load_config,
     to_dict,
@@ -163,28 +164,9 @@ def resolve_topic(name: str) -> str:
 
 def reference_sources(cfg: Config) -> dict[str, SourceConfig]:
     """The recorded commands as state-like sources in policy units (what the model should do):
-    the arm command (degrees -> rad when ``outputs.arm_in_degrees``, by ``outputs.arm_names``)
-    and the gripper command (``/ outputs.gripper_scale``). The same mapping as the converter's
-    dataset actions."""
-    out, robot = cfg.outputs, cfg.robot
-    return {
-        "arm command": SourceConfig(
-            topic=out.arm_topic,
-            msg_type=JOINT_STATE,
-            field="position",
-            names=tuple(out.arm_names),
-            scale=math.pi / 180.0 if out.arm_in_degrees else 1.0,
-            dims=robot.arm_indices,
-        ),
-        "gripper command": SourceConfig(
-            topic=out.gripper_topic,
-            msg_type=out.gripper_msg_type,
-            field=out.gripper_field,
-            names=tuple(out.gripper_names),
-            scale=1.0 / out.gripper_scale,
-            dims=robot.gripper_indices,
-        ),
-    }
+    the same mapping as the converter's dataset actions (``config.command_sources``)."""
+    arm, gripper = command_sources(cfg)
+    return {"arm command": arm, "gripper command": gripper}
 
 
 @dataclass

@@ -13,10 +13,12 @@ How.
   the GIL, instead of pickling megabytes while holding it); state, task, seed and RTC inputs
   travel in the small pickled message.
 - CPU share: the child runs ``torch_threads`` threads (0: one less than the usable cores, so a
-  core stays free for control), at a lower priority (``nice``, default +10: the control timer
-  preempts it whenever it wakes) and, on request, on a CPU subset (``cpus``). Both can be
-  overridden for benchmarks with ``KUAVO_SMOLVLA_CHILD_NICE`` / ``KUAVO_SMOLVLA_CHILD_CPUS``
-  (``none``, ``auto`` = every usable CPU but the first, or a list such as ``1,2,3``).
+  core stays free for control), under ``SCHED_OTHER`` at nice +10 whatever the parent's policy
+  (a node started with ``chrt -f 10`` keeps its real-time priority, the model never gets it),
+  and, on request, on a CPU subset. Overrides for benchmarks: ``KUAVO_SMOLVLA_CHILD_NICE``,
+  ``KUAVO_SMOLVLA_CHILD_SCHED`` (``other``, ``batch``, ``idle``) and
+  ``KUAVO_SMOLVLA_CHILD_CPUS`` (``none``, ``auto`` = every usable CPU but the first, or a list
+  such as ``1,2,3``). Measured alternatives: docs/benchmarks.md, "Node timing".
 - Errors: an exception in the child comes back as the same exception type when it is a builtin
   or one of this package's (``DimensionError``, ``CheckpointError``, ``ValueError``...), with the
   child's traceback as ``__cause__``; anything else becomes ``InferenceProcessError``. The child
@@ -57,7 +59,10 @@ log = logging.getLogger(__name__)
 
 NICE_ENV = "KUAVO_SMOLVLA_CHILD_NICE"
 CPUS_ENV = "KUAVO_SMOLVLA_CHILD_CPUS"
+SCHED_ENV = "KUAVO_SMOLVLA_CHILD_SCHED"
 DEFAULT_NICE = 10
+DEFAULT_SCHED = "other"
+SCHED_POLICIES = ("other", "batch", "idle")
 _POLL_S = 0.5  # liveness checks while waiting for the child (the wait itself releases the GIL)
 
 
@@ -86,6 +91,7 @@ class _ChildSpec:
     config: Config
     torch_threads: int
     nice: int
+    sched: str
     cpus: tuple[int, ...] | None
     warmup: bool | None
     parent_pid: int
@@ -158,12 +164,15 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _setup_child(spec: _ChildSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "sched_setscheduler"):  # explicit: never inherit a real-time policy
+        policy = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, policy[spec.sched], os.sched_param(0))
     if spec.cpus:
         with contextlib.suppress(AttributeError, OSError):
             os.sched_setaffinity(0, spec.cpus)
-    if spec.nice:
-        with contextlib.suppress(OSError):
-            os.nice(spec.nice)
+    with contextlib.suppress(AttributeError, OSError):  # absolute, whatever the parent's is
+        os.setpriority(os.PRIO_PROCESS, 0, spec.nice)
     threading.Thread(
         target=_watch_parent, args=(spec.parent_pid,), name="parent-watch", daemon=True
     ).start()
@@ -199,6 +208,7 @@ def _serve(conn: Any, spec: _ChildSpec) -> None:
         "last_inference_s": runner.last_inference_s,
         "torch_threads": torch.get_num_threads(),
         "nice": os.nice(0),
+        "sched": spec.sched,
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }
     try:
@@ -282,6 +292,7 @@ class ProcessRunner:
         *,
         torch_threads: int | None = None,
         nice: int | None = None,
+        sched: str | None = None,
         cpus: str | tuple[int, ...] | None = None,
         warmup: bool | None = None,
     ) -> None:
@@ -291,6 +302,9 @@ class ProcessRunner:
         cpu_set = _resolve_cpus(cpus)
         if nice is None:
             nice = int(os.environ.get(NICE_ENV, DEFAULT_NICE))
+        sched = (sched or os.environ.get(SCHED_ENV, "") or DEFAULT_SCHED).lower()
+        if sched not in SCHED_POLICIES:
+            raise ValueError(f"scheduling policy {sched!r}; choose one of {SCHED_POLICIES}")
         threads = torch_threads if torch_threads is not None else cfg.policy.torch_threads
         if threads <= 0:
             threads = default_threads(cpu_set)
@@ -300,6 +314,7 @@ class ProcessRunner:
             config=cfg,
             torch_threads=int(threads),
             nice=int(nice),
+            sched=sched,
             cpus=cpu_set,
             warmup=warmup,
             parent_pid=os.getpid(),

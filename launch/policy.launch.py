@@ -44,8 +44,12 @@ def _node(context, *args, **kwargs):
         if value != "":
             overrides[param] = _as(kind, value)
     use_sim_time = _as(bool, LaunchConfiguration("use_sim_time").perform(context))
+    # SCHED_FIFO for the node's control loop (docs/benchmarks.md: the only set-up with no late
+    # tick under load); the inference child resets itself to normal scheduling at nice +10.
+    realtime = _as(bool, LaunchConfiguration("realtime").perform(context))
     return [
         Node(
+            prefix="chrt -f 10" if realtime else None,
             package="kuavo_smolvla_ros",
             executable="policy_node",
             name="kuavo_smolvla_policy",
@@ -71,6 +75,11 @@ def generate_launch_description():
             "use_sim_time", default_value="false", description="Use /clock (bag replay)."
         ),
         DeclareLaunchArgument("namespace", default_value="", description="Node namespace."),
+        DeclareLaunchArgument(
+            "realtime",
+            default_value="false",
+            description="true: run the node under 'chrt -f 10' (needs CAP_SYS_NICE or rtprio).",
+        ),
     ]
     declared += [
         DeclareLaunchArgument(name, default_value="", description=desc)

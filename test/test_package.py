@@ -79,7 +79,7 @@ def test_launch_arguments_set_parameters_that_the_node_declares():
     for arg, param in args.items():
         assert param in declared, f"launch argument {arg} sets unknown parameter {param}"
     text = (REPO / "launch" / "policy.launch.py").read_text()
-    for name in ("config", "use_sim_time"):
+    for name in ("config", "use_sim_time", "realtime"):
         assert f'"{name}"' in text
 
 

@@ -320,11 +320,23 @@ class _InputStats:
 
 
 def _messages(
-    reader: BagReader, topics: Sequence[str], on_damage: Callable[[BagError], None]
-) -> Iterator[Any]:
-    """The bag's messages on ``topics``; a read error or damage ends the stream (reported)."""
+    reader: BagReader,
+    topics: Sequence[str],
+    on_damage: Callable[[BagError], None],
+    stats: _InputStats,
+) -> Iterator[tuple[Any, float]]:
+    """The bag's messages on ``topics`` with their log time, which never goes back: a message
+    out of order is counted (``stats.log_back``) and replayed at the previous time. A read error
+    or damage ends the stream (reported through ``on_damage``)."""
+    t_prev: float | None = None
     try:
-        yield from reader.messages(topics)
+        for m in reader.messages(topics):
+            t = m.t
+            if t_prev is not None and t < t_prev:
+                stats.log_back += 1
+                t = t_prev
+            t_prev = t
+            yield m, t
     except BagError as exc:
         on_damage(exc)
 
@@ -604,11 +616,7 @@ def replay_offline(
         t_first = t_last = None
         n_msgs = 0
         try:
-            for m in _messages(reader, plan.topics, damage.append):
-                t = m.t
-                if t_last is not None and t < t_last:
-                    stats.log_back += 1
-                    t = t_last
+            for m, t in _messages(reader, plan.topics, damage.append, stats):
                 t_ns = round(t * 1e9)
                 if t_first is None:
                     t_first = t
@@ -1196,11 +1204,7 @@ class _Player:
         next_clock = 0
         bar = _progress(max(reader.duration_s, 1e-3), "s", progress, f"live replay x{self.speed:g}")
         try:
-            for m in _messages(reader, plan.topics, damage.append):
-                t = m.t
-                if t_last is not None and t < t_last:
-                    stats.log_back += 1
-                    t = t_last
+            for m, t in _messages(reader, plan.topics, damage.append, stats):
                 t_ns = round(t * 1e9)
                 if t_first is None:
                     t_first, self._t0_ns, self._wall0 = t, t_ns, time.monotonic()

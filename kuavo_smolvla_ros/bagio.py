@@ -441,7 +441,21 @@ def _decompress_chunk(compression: str, data: bytes) -> bytes:
     raise ValueError(f"unsupported chunk compression {compression!r}")
 
 
-class _Ros1Scan:
+class _IndexSpan:
+    """Start/end times (ns) of a salvage reader's ``_index`` of ``(t_ns, ...)`` tuples, sorted."""
+
+    _index: list
+
+    @property
+    def start_time(self) -> int:
+        return self._index[0][0] if self._index else 2**63 - 1
+
+    @property
+    def end_time(self) -> int:
+        return self._index[-1][0] + 1 if self._index else 0
+
+
+class _Ros1Scan(_IndexSpan):
     """Reads a ROS 1 bag without its index (truncated, or never closed: ``.bag.active``).
 
     Walks the records from the start of the file like ``rosbag reindex`` and keeps an
@@ -559,14 +573,6 @@ class _Ros1Scan:
                 self._add_connection(rec.fields, data[rec.data_pos : rec.data_pos + rec.data_len])
         return end
 
-    @property
-    def start_time(self) -> int:
-        return self._index[0][0] if self._index else 2**63 - 1
-
-    @property
-    def end_time(self) -> int:
-        return self._index[-1][0] + 1 if self._index else 0
-
     def messages(
         self, connections: Sequence[Connection], start: int | None, stop: int | None
     ) -> Iterator[tuple[Connection, int, bytes]]:
@@ -594,7 +600,7 @@ class _Ros1Scan:
             self._bio = None
 
 
-class _Sqlite3Salvage:
+class _Sqlite3Salvage(_IndexSpan):
     """Reads what is left of a damaged rosbag2 ``.db3`` (truncated copy, crashed recorder).
 
     rosbags needs the whole page tree to open a database; here the messages are read by row id
@@ -656,14 +662,6 @@ class _Sqlite3Salvage:
             self.damage = f"{self.path}: {self.reason}; {lost} ({n} messages recovered)"
         else:
             self.notes.append(f"{self.path}: {self.reason}; read row by row ({n} messages)")
-
-    @property
-    def start_time(self) -> int:
-        return self._index[0][0] if self._index else 2**63 - 1
-
-    @property
-    def end_time(self) -> int:
-        return self._index[-1][0] + 1 if self._index else 0
 
     def messages(
         self, connections: Sequence[Connection], start: int | None, stop: int | None

@@ -448,16 +448,8 @@ def serve_sync(argv: list[str]) -> int:
             tick = self.controller.tick(self.now_s())
             req = tick.request
             if req is not None:
-                obs, seed = req.observation, self.cfg.policy.seed
                 try:
-                    chunk = self.runner.predict_chunk(
-                        obs.state,
-                        obs.images,
-                        obs.task,
-                        seed=None if seed < 0 else seed,
-                        inference_delay=req.delay_steps,
-                        prev_chunk_left_over=req.leftover,
-                    )
+                    chunk = self.infer(req)
                     self.controller.on_chunk(req, chunk, self.now_s())
                 except Exception as exc:
                     self.controller.on_failure(req, f"{type(exc).__name__}: {exc}")

@@ -353,9 +353,20 @@ class PolicyNode(Node):
             msg.header.stamp = stamp
         return msg
 
+    def infer(self, req: InferenceRequest) -> np.ndarray:
+        """Run the model on one request: the node's only model call (benchmarks reuse it)."""
+        obs, seed = req.observation, self.cfg.policy.seed
+        return self.runner.predict_chunk(
+            obs.state,
+            obs.images,
+            obs.task,
+            seed=None if seed < 0 else seed,
+            inference_delay=req.delay_steps,
+            prev_chunk_left_over=req.leftover,
+        )
+
     def _work(self) -> None:
         """Inference worker: one request at a time; never touches ROS objects but the clock."""
-        seed = self.cfg.policy.seed
         while not self._stop.is_set():
             try:
                 req = self._requests.get(timeout=0.2)
@@ -363,16 +374,8 @@ class PolicyNode(Node):
                 continue
             if req is None:
                 break
-            obs = req.observation
             try:
-                chunk = self.runner.predict_chunk(
-                    obs.state,
-                    obs.images,
-                    obs.task,
-                    seed=None if seed < 0 else seed,
-                    inference_delay=req.delay_steps,
-                    prev_chunk_left_over=req.leftover,
-                )
+                chunk = self.infer(req)
             except Exception as exc:  # the model failed: hold, never crash the node
                 if self._stop.is_set():  # shutting down: the runner was closed under us
                     break

@@ -43,7 +43,7 @@ $(DEMO_BAG)/metadata.yaml: | setup
 	$(BIN)/kuavo-smolvla-make-demo-bag $(DEMO_BAG)
 
 demo: setup $(DEMO_MODEL)/model.safetensors $(DEMO_BAG)/metadata.yaml
-	$(BIN)/python -m kuavo_smolvla_ros.demo --model $(DEMO_MODEL) --bag $(DEMO_BAG) --out $(ART)/demo
+	$(BIN)/python -m kuavo_smolvla_ros.demo.pipeline --model $(DEMO_MODEL) --bag $(DEMO_BAG) --out $(ART)/demo
 
 colcon-build: setup
 	source $(BIN)/activate && colcon build --base-paths . --build-base $(ART)/colcon/build --install-base $(ART)/colcon/install

@@ -27,13 +27,13 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "policy_node = kuavo_smolvla_ros.node:main",
-            "replay = kuavo_smolvla_ros.replay:main",
-            "kuavo-smolvla-replay = kuavo_smolvla_ros.replay:main",
-            "kuavo-smolvla-make-demo-model = kuavo_smolvla_ros.demo_model:main",
-            "kuavo-smolvla-make-demo-bag = kuavo_smolvla_ros.demo_bag:main",
-            "kuavo-smolvla-train = kuavo_smolvla_ros.train:main",
-            "kuavo-smolvla-convert = kuavo_smolvla_ros.convert:main",
+            "policy_node = kuavo_smolvla_ros.ros.node:main",
+            "replay = kuavo_smolvla_ros.replay.tool:main",
+            "kuavo-smolvla-replay = kuavo_smolvla_ros.replay.tool:main",
+            "kuavo-smolvla-make-demo-model = kuavo_smolvla_ros.demo.model:main",
+            "kuavo-smolvla-make-demo-bag = kuavo_smolvla_ros.demo.bag:main",
+            "kuavo-smolvla-train = kuavo_smolvla_ros.training.train:main",
+            "kuavo-smolvla-convert = kuavo_smolvla_ros.training.convert:main",
         ],
     },
 )

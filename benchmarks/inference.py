@@ -44,7 +44,7 @@ TASK = "pick up the red cube and place it in the box"
 
 def _checkpoint(args: argparse.Namespace) -> tuple[Path, float]:
     """``--checkpoint`` if it holds a model, else build ``--size`` there (or in a temp dir)."""
-    from kuavo_smolvla_ros.demo_model import build_demo_model
+    from kuavo_smolvla_ros.demo.model import build_demo_model
 
     path = Path(args.checkpoint or tempfile.mkdtemp(prefix=f"smolvla_{args.size}_"))
     if (path / "model.safetensors").is_file():
@@ -56,7 +56,7 @@ def _checkpoint(args: argparse.Namespace) -> tuple[Path, float]:
 
 def _cases(n: int, height: int, width: int, cameras: tuple[str, ...], seed: int = 0) -> list:
     """``n`` (state, images, seed, leftover, delay) cases: random frames, states within limits."""
-    from kuavo_smolvla_ros.config import RobotConfig
+    from kuavo_smolvla_ros.core.config import RobotConfig
 
     robot = RobotConfig()
     lo, hi = np.asarray(robot.lower), np.asarray(robot.upper)
@@ -202,9 +202,9 @@ def bench_runner(ckpt: Path, args, cases: list, gpu: _Gpu, mode: str) -> dict[st
     """(b) and (c): the package's runner, start-up included (load + warm-up + capture)."""
     import torch
 
-    from kuavo_smolvla_ros.config import Config, SchedulerConfig
-    from kuavo_smolvla_ros.fast_path import FastPath
-    from kuavo_smolvla_ros.policy import load_policy, warm_up
+    from kuavo_smolvla_ros.core.config import Config, SchedulerConfig
+    from kuavo_smolvla_ros.runners.eager import load_policy, warm_up
+    from kuavo_smolvla_ros.runners.fast import FastPath
 
     cfg = Config(scheduler=SchedulerConfig(merge_mode="rtc" if args.rtc else "weighted_average"))
     gpu.start()
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cuda and args.size == "full":
         args.cases = min(args.cases, 2)
 
-    from kuavo_smolvla_ros.demo_model import DEFAULT_CAMERAS
+    from kuavo_smolvla_ros.demo.model import DEFAULT_CAMERAS
 
     ckpt, build_s = _checkpoint(args)
     cases = _cases(args.cases, args.height, args.width, DEFAULT_CAMERAS)

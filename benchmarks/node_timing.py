@@ -12,7 +12,7 @@ Side by side in one run, same machine, same checkpoint, same robot traffic:
   process-nice0 (child at normal priority), process-pinned (child pinned to CPUs 1..n-1),
   process-2t (child with 2 torch threads).
 
-Each variant is a real node process (``python -m kuavo_smolvla_ros.node``; ``sync`` runs this
+Each variant is a real node process (``python -m kuavo_smolvla_ros.ros.node``; ``sync`` runs this
 file's ``serve-sync``) fed over real ROS 2 topics by a simulated Kuavo in this process:
 ``/joint_states`` and ``/gripper/state`` at 100 Hz, three 480x640 JPEG cameras at 30 Hz.
 
@@ -329,7 +329,7 @@ def start_policy_node(
     if spec["mode"] == "sync":
         args += [sys.executable, str(Path(__file__).resolve()), "serve-sync", "--ros-args"]
     else:
-        args += [sys.executable, "-m", "kuavo_smolvla_ros.node", "--ros-args"]
+        args += [sys.executable, "-m", "kuavo_smolvla_ros.ros.node", "--ros-args"]
     params = {
         "checkpoint": str(checkpoint),
         "device": "cpu",
@@ -440,7 +440,7 @@ def serve_sync(argv: list[str]) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    from kuavo_smolvla_ros.node import PolicyNode
+    from kuavo_smolvla_ros.ros.node import PolicyNode
 
     class SyncLoopNode(PolicyNode):
         def _on_tick(self) -> None:
@@ -476,7 +476,7 @@ def serve_sync(argv: list[str]) -> int:
 
 # -- main ----------------------------------------------------------------------------------------
 def checkpoint_for(size: str, root: Path) -> Path:
-    from kuavo_smolvla_ros.demo_model import build_demo_model
+    from kuavo_smolvla_ros.demo.model import build_demo_model
 
     path = root / size
     if not (path / "model.safetensors").is_file():

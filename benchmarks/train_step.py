@@ -31,7 +31,7 @@ TASK = "pick up the red cube and place it in the box\n"
 
 
 def _checkpoint(args: argparse.Namespace) -> Path:
-    from kuavo_smolvla_ros.demo_model import build_demo_model
+    from kuavo_smolvla_ros.demo.model import build_demo_model
 
     path = Path(args.checkpoint or tempfile.mkdtemp(prefix=f"smolvla_{args.size}_"))
     if not (path / "model.safetensors").is_file():

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-weight tiny SmolVLA saved like a real checkpoint (32-D model, 16-D Kuavo)."""
-    from kuavo_smolvla_ros.demo_model import build_demo_model
+    from kuavo_smolvla_ros.demo.model import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("ckpt") / "tiny_smolvla", size="tiny")
 

@@ -25,7 +25,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from kuavo_smolvla_ros.config import KUAVO_JOINT_NAMES
+from kuavo_smolvla_ros.core.config import KUAVO_JOINT_NAMES
 
 NODE = "/kuavo_smolvla_policy"
 ARM_NAMES = [n for n in KUAVO_JOINT_NAMES if "claw" not in n]
@@ -168,7 +168,7 @@ class FakeKuavo:
 
 def start_node(checkpoint: Path, *params: str, log: Path | None = None) -> subprocess.Popen:
     """The policy node in its own process, as ``policy_node --ros-args -p ...`` runs it."""
-    args = [sys.executable, "-m", "kuavo_smolvla_ros.node", "--ros-args"]
+    args = [sys.executable, "-m", "kuavo_smolvla_ros.ros.node", "--ros-args"]
     args += ["-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu"]
     for p in params:
         args += ["-p", p]

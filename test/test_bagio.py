@@ -12,8 +12,8 @@ from rosbags.rosbag1 import Reader as Ros1Reader
 from rosbags.rosbag2 import Writer as Ros2Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from kuavo_smolvla_ros import bagio
-from kuavo_smolvla_ros.bagio import (
+from kuavo_smolvla_ros.bag import io as bagio
+from kuavo_smolvla_ros.bag.io import (
     KUAVO_MD5,
     KUAVO_MSGS,
     BagError,

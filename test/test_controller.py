@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from kuavo_smolvla_ros.config import Config, InputsConfig, PolicyConfig, SafetyConfig
-from kuavo_smolvla_ros.controller import PolicyController, split_command
+from kuavo_smolvla_ros.core.config import Config, InputsConfig, PolicyConfig, SafetyConfig
+from kuavo_smolvla_ros.core.controller import PolicyController, split_command
 
 DT = 0.01
 POSE = np.array([-0.2] * 7 + [0.3] + [-0.1] * 7 + [0.3])

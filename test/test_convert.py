@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kuavo_smolvla_ros import convert
-from kuavo_smolvla_ros.bagio import open_bag
-from kuavo_smolvla_ros.config import load_config
-from kuavo_smolvla_ros.demo_bag import make_demo_bag
-from kuavo_smolvla_ros.observation import decode_image
+from kuavo_smolvla_ros.bag.io import open_bag
+from kuavo_smolvla_ros.core.config import load_config
+from kuavo_smolvla_ros.core.observation import decode_image
+from kuavo_smolvla_ros.demo.bag import make_demo_bag
+from kuavo_smolvla_ros.training import convert
 
 REPO = Path(__file__).resolve().parents[1]
 DURATION_S = 4.0
@@ -150,8 +150,8 @@ def test_stock_ros1_bag_converts_with_the_stock_config(ros1_bag, tmp_path):
 
 
 def test_a_converted_bag_fine_tunes_and_the_result_runs(ros2_dataset, tiny_checkpoint, tmp_path):
-    from kuavo_smolvla_ros import train
-    from kuavo_smolvla_ros.policy import example_inputs, load_policy
+    from kuavo_smolvla_ros.runners.eager import example_inputs, load_policy
+    from kuavo_smolvla_ros.training import train
 
     opts = train.TrainOptions(device="cpu", num_workers=0, progress=False, val_samples=0)
     ckpt = train.finetune(tiny_checkpoint, ros2_dataset, tmp_path / "ft", steps=2, batch_size=2,
@@ -187,8 +187,8 @@ def test_each_video_frame_is_the_camera_image_nearest_to_the_frame_time(tmp_path
 
     import cv2
 
-    from kuavo_smolvla_ros.bagio import write_bag
-    from kuavo_smolvla_ros.demo_bag import demo_messages
+    from kuavo_smolvla_ros.bag.io import write_bag
+    from kuavo_smolvla_ros.demo.bag import demo_messages
 
     counts: dict[str, int] = {}
     times: dict[str, list[float]] = {}
@@ -217,7 +217,7 @@ def test_each_video_frame_is_the_camera_image_nearest_to_the_frame_time(tmp_path
 
 
 def test_commands_that_do_not_match_the_config_are_refused_naming_the_fields(ros2_bags, tmp_path):
-    from kuavo_smolvla_ros.config import Config, OutputsConfig
+    from kuavo_smolvla_ros.core.config import Config, OutputsConfig
 
     cfg = Config(outputs=OutputsConfig(arm_names=tuple(f"joint{i}" for i in range(14))))
     with pytest.raises(convert.ConvertError, match="outputs.arm_names") as err:

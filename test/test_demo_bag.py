@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from kuavo_smolvla_ros.bagio import BagError, open_bag
-from kuavo_smolvla_ros.config import RobotConfig
-from kuavo_smolvla_ros.demo_bag import (
+from kuavo_smolvla_ros.bag.io import BagError, open_bag
+from kuavo_smolvla_ros.core.config import RobotConfig
+from kuavo_smolvla_ros.demo.bag import (
     ARM_DIMS,
     CLAW_DIMS,
     GRID_HZ,

@@ -8,8 +8,7 @@ import torch
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.processor import NormalizerProcessorStep, UnnormalizerProcessorStep
 
-from kuavo_smolvla_ros.demo_model import kuavo_stats
-from kuavo_smolvla_ros.dims import (
+from kuavo_smolvla_ros.core.dims import (
     CheckpointDims,
     DimensionError,
     check_checkpoint,
@@ -18,6 +17,7 @@ from kuavo_smolvla_ros.dims import (
     pad_stats,
     sanitize_stats,
 )
+from kuavo_smolvla_ros.demo.model import kuavo_stats
 
 MODES = [m for m in NormalizationMode if m is not NormalizationMode.IDENTITY]
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from kuavo_smolvla_ros import load_policy
-from kuavo_smolvla_ros.config import Config, PolicyConfig
-from kuavo_smolvla_ros.fast_path import (
+from kuavo_smolvla_ros.core.config import Config, PolicyConfig
+from kuavo_smolvla_ros.runners.eager import example_inputs
+from kuavo_smolvla_ros.runners.fast import (
     FLOAT32_MODULES,
     FastPath,
     FastPathError,
@@ -24,7 +25,6 @@ from kuavo_smolvla_ros.fast_path import (
     unsupported_reasons,
     use_fast_path,
 )
-from kuavo_smolvla_ros.policy import example_inputs
 
 pytestmark = pytest.mark.slow
 TASK = "put the bottle on the table"
@@ -144,7 +144,7 @@ def test_fast_path_through_the_runner_matches_the_eager_runner_plain_and_rtc(tin
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 def test_fused_triton_kernels_equal_the_torch_ops_they_replace(tiny_checkpoint, monkeypatch):
-    from kuavo_smolvla_ros import fast_path
+    from kuavo_smolvla_ros.runners import fast as fast_path
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton's CPU interpreter
     monkeypatch.setattr(fast_path, "_TRITON", {})

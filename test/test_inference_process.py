@@ -16,10 +16,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from kuavo_smolvla_ros.config import Config, ConfigError, PolicyConfig, SchedulerConfig
-from kuavo_smolvla_ros.dims import DimensionError
-from kuavo_smolvla_ros.inference_process import InferenceProcessError, ProcessRunner
-from kuavo_smolvla_ros.policy import CheckpointError, example_inputs, load_policy
+from kuavo_smolvla_ros.core.config import Config, ConfigError, PolicyConfig, SchedulerConfig
+from kuavo_smolvla_ros.core.dims import DimensionError
+from kuavo_smolvla_ros.runners.eager import CheckpointError, example_inputs, load_policy
+from kuavo_smolvla_ros.runners.process import InferenceProcessError, ProcessRunner
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def test_close_stops_the_child_and_later_calls_fail_clearly(tiny_checkpoint, loc
 
 CHILD_OF_A_KILLED_PARENT = """
 import sys, time
-from kuavo_smolvla_ros.inference_process import ProcessRunner
+from kuavo_smolvla_ros.runners.process import ProcessRunner
 if __name__ == "__main__":
     runner = ProcessRunner(sys.argv[1], device="cpu")
     print("CHILD", runner.pid, flush=True)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from kuavo_smolvla_ros import metrics
+from kuavo_smolvla_ros.core import metrics
 
 GRIPPERS = (7, 15)
 

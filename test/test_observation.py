@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
-from kuavo_smolvla_ros.config import Config, ConfigError, SourceConfig, load_config
-from kuavo_smolvla_ros.observation import (
+from kuavo_smolvla_ros.core.config import Config, ConfigError, SourceConfig, load_config
+from kuavo_smolvla_ros.core.observation import (
     FieldPath,
     FieldPathError,
     Observation,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kuavo_smolvla_ros.config import NODE_NAME, flatten, load_config, parameter_specs
+from kuavo_smolvla_ros.core.config import NODE_NAME, flatten, load_config, parameter_specs
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = "kuavo_smolvla_ros"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from kuavo_smolvla_ros import load_policy
-from kuavo_smolvla_ros.config import CamerasConfig, Config, InputsConfig, SchedulerConfig
-from kuavo_smolvla_ros.dims import DimensionError, state_proj_in_features
-from kuavo_smolvla_ros.policy import CheckpointError, example_inputs
+from kuavo_smolvla_ros.core.config import CamerasConfig, Config, InputsConfig, SchedulerConfig
+from kuavo_smolvla_ros.core.dims import DimensionError, state_proj_in_features
+from kuavo_smolvla_ros.runners.eager import CheckpointError, example_inputs
 
 pytestmark = pytest.mark.slow
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Writer as Ros2Writer
 
-from kuavo_smolvla_ros import metrics
-from kuavo_smolvla_ros.bagio import open_bag, typestore_for, write_bag
-from kuavo_smolvla_ros.config import Config, default_config_path, load_config
-from kuavo_smolvla_ros.demo_bag import demo_messages, make_demo_bag
-from kuavo_smolvla_ros.replay import (
+from kuavo_smolvla_ros.bag.io import open_bag, typestore_for, write_bag
+from kuavo_smolvla_ros.core import metrics
+from kuavo_smolvla_ros.core.config import Config, default_config_path, load_config
+from kuavo_smolvla_ros.demo.bag import demo_messages, make_demo_bag
+from kuavo_smolvla_ros.replay.tool import (
     ReplayError,
     live_timeline,
     main,
@@ -48,7 +48,7 @@ def runner(tiny_checkpoint):
     machine, 20x slower than one thread here."""
     import torch
 
-    from kuavo_smolvla_ros.policy import load_policy
+    from kuavo_smolvla_ros.runners.eager import load_policy
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -275,7 +275,7 @@ def test_live_and_offline_modes_agree_on_the_commanded_trajectory(
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kuavo_smolvla_ros.replay", *args],
+        [sys.executable, "-m", "kuavo_smolvla_ros.replay.tool", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kuavo_smolvla_ros.config import RobotConfig, SafetyConfig
-from kuavo_smolvla_ros.safety import SafetyFilter, clamp_to_limits, limit_step
+from kuavo_smolvla_ros.core.config import RobotConfig, SafetyConfig
+from kuavo_smolvla_ros.core.safety import SafetyFilter, clamp_to_limits, limit_step
 
 ROBOT = RobotConfig()
 DIM = ROBOT.dim

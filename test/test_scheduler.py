@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kuavo_smolvla_ros.config import MERGE_MODES, RobotConfig, SafetyConfig, SchedulerConfig
-from kuavo_smolvla_ros.safety import SafetyFilter
-from kuavo_smolvla_ros.scheduler import ChunkRejected, ChunkScheduler
+from kuavo_smolvla_ros.core.config import MERGE_MODES, RobotConfig, SafetyConfig, SchedulerConfig
+from kuavo_smolvla_ros.core.safety import SafetyFilter
+from kuavo_smolvla_ros.core.scheduler import ChunkRejected, ChunkScheduler
 
 STEP = 0.1  # default action_fps = 10
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kuavo_smolvla_ros import dims, train
-from kuavo_smolvla_ros.config import CamerasConfig, Config, InputsConfig, RobotConfig
-from kuavo_smolvla_ros.policy import example_inputs, load_policy
+from kuavo_smolvla_ros.core import dims
+from kuavo_smolvla_ros.core.config import CamerasConfig, Config, InputsConfig, RobotConfig
+from kuavo_smolvla_ros.runners.eager import example_inputs, load_policy
+from kuavo_smolvla_ros.training import train
 
 CAMS = ("head_cam_h", "wrist_cam_l", "wrist_cam_r")
 FAST = train.TrainOptions(num_workers=0, device="cpu", progress=False, log_freq=0, val_samples=8)
@@ -129,7 +130,7 @@ def test_finetune_lowers_the_loss_and_saves_a_checkpoint_the_runner_loads(
 def test_two_stage_run_writes_both_checkpoints_and_a_per_task_validation_table(
     tiny_checkpoint, pick_dataset, place_dataset, tmp_path, capsys, caplog
 ):
-    caplog.set_level("INFO", logger="kuavo_smolvla_ros.train")
+    caplog.set_level("INFO", logger="kuavo_smolvla_ros.training.train")
     stages = tmp_path / "stages.yaml"
     pick = os.path.relpath(pick_dataset, tmp_path)  # paths relative to the stages file
     stages.write_text(
@@ -236,7 +237,7 @@ def test_a_base_checkpoint_with_other_dims_and_camera_names_is_fine_tuned_to_kua
     pick_dataset, tmp_path
 ):
     """Like lerobot/smolvla_base: 6-D SO100 features and cameras camera1..3 (rename_to)."""
-    from kuavo_smolvla_ros.demo_model import build_demo_model
+    from kuavo_smolvla_ros.demo.model import build_demo_model
 
     so100 = RobotConfig(
         name="so100",

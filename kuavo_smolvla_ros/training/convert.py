@@ -35,8 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros import dims
-from kuavo_smolvla_ros.config import Config, ConfigError, SourceConfig, command_sources, load_config
+from kuavo_smolvla_ros.core import dims
+from kuavo_smolvla_ros.core.config import (
+    Config,
+    ConfigError,
+    SourceConfig,
+    command_sources,
+    load_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,7 @@ def _nearest(times: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 def _scan(reader: Any, bag: str, cfg: Config, fps: float) -> tuple[_Episode, dict[str, tuple]]:
     """Pass 1: numeric values and camera log times; returns the episode plan and image shapes."""
-    from kuavo_smolvla_ros.observation import ObservationError, decode_image, extract_source
+    from kuavo_smolvla_ros.core.observation import ObservationError, decode_image, extract_source
 
     streams = _streams(cfg)
     topics = sorted({s.topic for s in streams})
@@ -227,7 +233,7 @@ def _write_frames(
 ) -> int:
     import cv2
 
-    from kuavo_smolvla_ros.observation import ObservationError, decode_image
+    from kuavo_smolvla_ros.core.observation import ObservationError, decode_image
 
     cams = cfg.inputs.cameras
     topic_cam = dict(zip(cams.topics, cams.names))
@@ -345,7 +351,7 @@ def convert_bags(
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from kuavo_smolvla_ros.bagio import open_bag
+    from kuavo_smolvla_ros.bag.io import open_bag
 
     cfg = config or Config()
     bags = [bags] if isinstance(bags, (str, Path)) else list(bags)
@@ -459,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from kuavo_smolvla_ros.bagio import BagError
+    from kuavo_smolvla_ros.bag.io import BagError
 
     try:
         cfg = load_config(a.config) if a.config else Config()

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kuavo_smolvla_ros import dims
+from kuavo_smolvla_ros.core import dims
 
 log = logging.getLogger(__name__)
 

@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from kuavo_smolvla_ros import dims
-from kuavo_smolvla_ros.config import Config, ConfigError, load_config
-from kuavo_smolvla_ros.policy import (
+from kuavo_smolvla_ros.core import dims
+from kuavo_smolvla_ros.core.config import Config, ConfigError, load_config
+from kuavo_smolvla_ros.runners.eager import (
     CheckpointError,
     bundled_vlm_dir,
     processor_overrides,

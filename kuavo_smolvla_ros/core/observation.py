@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kuavo_smolvla_ros.config import Config, ConfigError, SourceConfig
+from kuavo_smolvla_ros.core.config import Config, ConfigError, SourceConfig
 
 __all__ = [
     "RAW_ENCODINGS",

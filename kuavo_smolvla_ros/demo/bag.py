@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros.bagio import BAG_FORMATS, BagError, BagWriter, typestore_for
-from kuavo_smolvla_ros.config import KUAVO_JOINT_NAMES, RobotConfig
+from kuavo_smolvla_ros.bag.io import BAG_FORMATS, BagError, BagWriter, typestore_for
+from kuavo_smolvla_ros.core.config import KUAVO_JOINT_NAMES, RobotConfig
 
 DEFAULT_WIDTH = 224
 DEFAULT_HEIGHT = 168

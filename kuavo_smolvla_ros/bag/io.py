@@ -1574,7 +1574,7 @@ def write_bag(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kuavo_smolvla_ros.bagio BAG...``: print topics, types, counts, times."""
+    """``python -m kuavo_smolvla_ros.bag.io BAG...``: print topics, types, counts, times."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from kuavo_smolvla_ros.config import RobotConfig, SafetyConfig
+from kuavo_smolvla_ros.core.config import RobotConfig, SafetyConfig
 
 
 def clamp_to_limits(

@@ -26,7 +26,7 @@ Every input is decoded and fed like the node does (a frame that does not decode 
 counted; the newest frame per camera is the one a request sees). A model exception holds the
 last command, as in the node.
 
-``live``: the ROS 2 node itself (``python -m kuavo_smolvla_ros.node``, ``use_sim_time``,
+``live``: the ROS 2 node itself (``python -m kuavo_smolvla_ros.ros.node``, ``use_sim_time``,
 ``start_enabled``, not a dry run) in a child process; the bag is played like ``ros2 bag play
 --clock``: ``/clock`` on a 5 ms grid of bag time and the node's input topics in log-time order, at
 ``--speed``. The node's outputs (arm and gripper commands, ``~/action``, ``~/chunk_timing``,
@@ -78,9 +78,9 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros import metrics
-from kuavo_smolvla_ros.bagio import BagError, BagReader, BagWriter, open_bag, typestore_for
-from kuavo_smolvla_ros.config import (
+from kuavo_smolvla_ros.bag.io import BagError, BagReader, BagWriter, open_bag, typestore_for
+from kuavo_smolvla_ros.core import metrics
+from kuavo_smolvla_ros.core.config import (
     NODE_NAME,
     Config,
     ConfigError,
@@ -90,8 +90,8 @@ from kuavo_smolvla_ros.config import (
     load_config,
     to_dict,
 )
-from kuavo_smolvla_ros.controller import InferenceRequest, PolicyController
-from kuavo_smolvla_ros.observation import ObservationError, SourceExtractor, decode_image
+from kuavo_smolvla_ros.core.controller import InferenceRequest, PolicyController
+from kuavo_smolvla_ros.core.observation import ObservationError, SourceExtractor, decode_image
 
 __all__ = [
     "DEFAULT_LATENCY_S",
@@ -762,7 +762,7 @@ class _Publication:
 
 
 def _importable(msgtype: str) -> bool:
-    from kuavo_smolvla_ros.node import import_message
+    from kuavo_smolvla_ros.ros.node import import_message
 
     try:
         import_message(msgtype)
@@ -939,7 +939,7 @@ class _Recorder:
     def __init__(self, node: Any, topics: dict[str, str]) -> None:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        from kuavo_smolvla_ros.node import import_message
+        from kuavo_smolvla_ros.ros.node import import_message
 
         self.lock = threading.Lock()
         self.msgs: list[tuple[str, str, bytes]] = []
@@ -1006,8 +1006,8 @@ def replay_live(
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 
-    from kuavo_smolvla_ros.node import import_message
-    from kuavo_smolvla_ros.policy import resolve_checkpoint
+    from kuavo_smolvla_ros.ros.node import import_message
+    from kuavo_smolvla_ros.runners.eager import resolve_checkpoint
 
     if not (math.isfinite(speed) and speed > 0):
         raise ConfigError(f"--speed {speed}: must be > 0.")
@@ -1077,7 +1077,7 @@ def replay_live(
             spin_thread = threading.Thread(target=executor.spin, daemon=True)
             spin_thread.start()
 
-            cmd = [sys.executable, "-m", "kuavo_smolvla_ros.node", "--ros-args"]
+            cmd = [sys.executable, "-m", "kuavo_smolvla_ros.ros.node", "--ros-args"]
             cmd += ["--params-file", str(params)]
             proc = subprocess.Popen(
                 cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ)
@@ -1629,8 +1629,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from kuavo_smolvla_ros.dims import DimensionError
-    from kuavo_smolvla_ros.policy import CheckpointError
+    from kuavo_smolvla_ros.core.dims import DimensionError
+    from kuavo_smolvla_ros.runners.eager import CheckpointError
 
     def err(msg: str) -> None:
         print(f"{PROG}: {msg}", file=sys.stderr)
@@ -1653,7 +1653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress = False if args.no_progress else None
         device = args.device or cfg.policy.device
         if args.mode == "offline":
-            from kuavo_smolvla_ros.policy import load_policy
+            from kuavo_smolvla_ros.runners.eager import load_policy
 
             if cfg.policy.torch_threads > 0:
                 import torch

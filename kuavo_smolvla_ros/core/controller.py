@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kuavo_smolvla_ros.config import Config
-from kuavo_smolvla_ros.observation import Observation, ObservationBuffer
-from kuavo_smolvla_ros.safety import SafetyFilter
-from kuavo_smolvla_ros.scheduler import ChunkRejected, ChunkScheduler
+from kuavo_smolvla_ros.core.config import Config
+from kuavo_smolvla_ros.core.observation import Observation, ObservationBuffer
+from kuavo_smolvla_ros.core.safety import SafetyFilter
+from kuavo_smolvla_ros.core.scheduler import ChunkRejected, ChunkScheduler
 
 DISABLED, WAITING, RUNNING, HOLDING = "disabled", "waiting", "running", "holding"
 

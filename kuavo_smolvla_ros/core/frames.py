@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros.observation import ObservationError, decode_image
+from kuavo_smolvla_ros.core.observation import ObservationError, decode_image
 
 OnFrame = Callable[[str, np.ndarray, float], None]
 OnError = Callable[[str, Exception], None]

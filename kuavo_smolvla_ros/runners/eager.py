@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros import dims
-from kuavo_smolvla_ros.config import Config
+from kuavo_smolvla_ros.core import dims
+from kuavo_smolvla_ros.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ def load_policy(
     warmup = cfg.policy.warmup if warmup is None else warmup
     fast_mode = cfg.policy.fast_path if fast_path is None else fast_path
     device = resolve_device(device)
-    from kuavo_smolvla_ros import fast_path as fp
+    from kuavo_smolvla_ros.runners import fast as fp
 
     fast = fp.use_fast_path(fast_mode, device)  # "on" without CUDA fails here, before loading
     ckpt = resolve_checkpoint(checkpoint)

@@ -558,7 +558,7 @@ def load_config(
 
 def default_config_path(name: str = "kuavo_smolvla.yaml") -> Path:
     """The config shipped with the package (source tree, colcon share dir or wheel)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package folder, above core/
     for cand in (here.parent / "config" / name, here / "config" / name):
         if cand.is_file():
             return cand

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros.config import Config
+from kuavo_smolvla_ros.core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _serve(conn: Any, spec: _ChildSpec) -> None:
     """The child's main: load, say ready, then answer requests until close or EOF."""
     try:
         _setup_child(spec)
-        from kuavo_smolvla_ros.policy import load_policy
+        from kuavo_smolvla_ros.runners.eager import load_policy
 
         runner = load_policy(
             spec.checkpoint, device=spec.device, config=spec.config, warmup=spec.warmup

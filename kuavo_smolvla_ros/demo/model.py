@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kuavo_smolvla_ros.config import RobotConfig
+from kuavo_smolvla_ros.core.config import RobotConfig
 
 DEFAULT_CAMERAS = ("head_cam_h", "wrist_cam_l", "wrist_cam_r")
 SPECIAL_TOKENS = {

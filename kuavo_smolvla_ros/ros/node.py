@@ -49,7 +49,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 
-from kuavo_smolvla_ros.config import (
+from kuavo_smolvla_ros.core.config import (
     NODE_NAME,
     Config,
     ConfigError,
@@ -57,9 +57,9 @@ from kuavo_smolvla_ros.config import (
     parameter_specs,
     unflatten,
 )
-from kuavo_smolvla_ros.controller import InferenceRequest, PolicyController, split_command
-from kuavo_smolvla_ros.frames import FrameDecoder
-from kuavo_smolvla_ros.observation import ObservationError, SourceExtractor
+from kuavo_smolvla_ros.core.controller import InferenceRequest, PolicyController, split_command
+from kuavo_smolvla_ros.core.frames import FrameDecoder
+from kuavo_smolvla_ros.core.observation import ObservationError, SourceExtractor
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
@@ -203,7 +203,7 @@ class PolicyNode(Node):
         return dataclasses.replace(cfg, scheduler=sched)
 
     def _load_runner(self) -> Any:
-        from kuavo_smolvla_ros.policy import load_policy
+        from kuavo_smolvla_ros.runners.eager import load_policy
 
         pol = self.cfg.policy
         if not pol.checkpoint:
@@ -213,7 +213,7 @@ class PolicyNode(Node):
         self.get_logger().info(f"loading {pol.checkpoint} on {pol.device} ({pol.backend}) ...")
         t0 = time.perf_counter()
         if pol.backend == "process":  # the model in a child process: no GIL contention
-            from kuavo_smolvla_ros.inference_process import ProcessRunner
+            from kuavo_smolvla_ros.runners.process import ProcessRunner
 
             runner = ProcessRunner(pol.checkpoint, device=pol.device, config=self.cfg)
         else:
@@ -482,8 +482,8 @@ def main(args: list[str] | None = None) -> int:
     except Exception as exc:  # configuration / checkpoint problems: one clear line, no traceback
         from rclpy.exceptions import NameValidationException, ParameterException
 
-        from kuavo_smolvla_ros.dims import DimensionError
-        from kuavo_smolvla_ros.policy import CheckpointError
+        from kuavo_smolvla_ros.core.dims import DimensionError
+        from kuavo_smolvla_ros.runners.eager import CheckpointError
 
         expected = (ConfigError, CheckpointError, DimensionError, ParameterException)
         expected += (NameValidationException,)

@@ -1,6 +1,6 @@
 """``make demo``: the tiny SmolVLA learns the demo bag's motion and replays it through the node.
 
-    python -m kuavo_smolvla_ros.demo --model DIR --bag DIR --out DIR [--steps N] [--lr X]
+    python -m kuavo_smolvla_ros.demo.pipeline --model DIR --bag DIR --out DIR [--steps N] [--lr X]
 
 1. **Untrained, offline**: the tiny random-weight checkpoint (``--model``) replayed over the
    demo bag with the node's core in simulated time: its open-loop error against the recorded
@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kuavo_smolvla_ros.bagio import BagError
-from kuavo_smolvla_ros.config import Config, ConfigError, default_config_path, load_config
-from kuavo_smolvla_ros.replay import (
+from kuavo_smolvla_ros.bag.io import BagError
+from kuavo_smolvla_ros.core.config import Config, ConfigError, default_config_path, load_config
+from kuavo_smolvla_ros.replay.tool import (
     ReplayError,
     ReplayResult,
     make_report,
@@ -42,7 +42,7 @@ from kuavo_smolvla_ros.replay import (
     write_report,
 )
 
-PROG = "kuavo_smolvla_ros.demo"
+PROG = "kuavo_smolvla_ros.demo.pipeline"
 DEFAULT_STEPS = 300
 DEFAULT_LR = 3e-3  # the tiny random model learns the demo in 300 CPU steps (preset: 1e-4)
 SEED = 0
@@ -53,7 +53,7 @@ def _say(msg: str) -> None:
 
 
 def _offline(checkpoint: Path, bag: Path, cfg: Config) -> tuple[ReplayResult, dict[str, Any]]:
-    from kuavo_smolvla_ros.policy import load_policy
+    from kuavo_smolvla_ros.runners.eager import load_policy
 
     runner = load_policy(checkpoint, device=cfg.policy.device, config=cfg)
     res = replay_offline(bag, runner, cfg, seed=SEED, progress=None)
@@ -64,8 +64,8 @@ def _offline(checkpoint: Path, bag: Path, cfg: Config) -> tuple[ReplayResult, di
 def _finetune(model: Path, bag: Path, out: Path, cfg: Config, steps: int, lr: float) -> Path | None:
     """The fine-tuned checkpoint (trained now, or reused), or None if training is unavailable."""
     try:
-        from kuavo_smolvla_ros.convert import convert_bags
-        from kuavo_smolvla_ros.train import TrainOptions, finetune
+        from kuavo_smolvla_ros.training.convert import convert_bags
+        from kuavo_smolvla_ros.training.train import TrainOptions, finetune
     except ImportError as exc:  # the fine-tuning modules are optional for the demo
         _say(f"fine-tuning is not available here ({exc}); replaying the untrained model")
         return None
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-finetune", action="store_true", help="replay the untrained model only")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from kuavo_smolvla_ros.dims import DimensionError
-    from kuavo_smolvla_ros.policy import CheckpointError
+    from kuavo_smolvla_ros.core.dims import DimensionError
+    from kuavo_smolvla_ros.runners.eager import CheckpointError
 
     try:
         run(

@@ -57,7 +57,7 @@ from collections import deque
 
 import numpy as np
 
-from kuavo_smolvla_ros.config import SchedulerConfig
+from kuavo_smolvla_ros.core.config import SchedulerConfig
 
 TIME_EPS_S = 1e-6
 """Time comparisons tolerate 1 us (float64 epoch seconds resolve about 0.24 us)."""

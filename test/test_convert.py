@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kuavo_smolvla_ros.bag.io import open_bag
+from kuavo_smolvla_ros.bag import open_bag
 from kuavo_smolvla_ros.core.config import load_config
 from kuavo_smolvla_ros.core.observation import decode_image
 from kuavo_smolvla_ros.demo.bag import make_demo_bag
@@ -150,11 +150,11 @@ def test_stock_ros1_bag_converts_with_the_stock_config(ros1_bag, tmp_path):
 
 
 def test_a_converted_bag_fine_tunes_and_the_result_runs(ros2_dataset, tiny_checkpoint, tmp_path):
+    from kuavo_smolvla_ros import training
     from kuavo_smolvla_ros.runners.eager import example_inputs, load_policy
-    from kuavo_smolvla_ros.training import train
 
-    opts = train.TrainOptions(device="cpu", num_workers=0, progress=False, val_samples=0)
-    ckpt = train.finetune(tiny_checkpoint, ros2_dataset, tmp_path / "ft", steps=2, batch_size=2,
+    opts = training.TrainOptions(device="cpu", num_workers=0, progress=False, val_samples=0)
+    ckpt = training.finetune(tiny_checkpoint, ros2_dataset, tmp_path / "ft", steps=2, batch_size=2,
                           options=opts)  # fmt: skip
     runner = load_policy(ckpt, warmup=False)
     state, images = example_inputs(runner, height=48, width=64)
@@ -187,7 +187,7 @@ def test_each_video_frame_is_the_camera_image_nearest_to_the_frame_time(tmp_path
 
     import cv2
 
-    from kuavo_smolvla_ros.bag.io import write_bag
+    from kuavo_smolvla_ros.bag import write_bag
     from kuavo_smolvla_ros.demo.bag import demo_messages
 
     counts: dict[str, int] = {}

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kuavo_smolvla_ros import training
 from kuavo_smolvla_ros.core import dims
 from kuavo_smolvla_ros.core.config import CamerasConfig, Config, InputsConfig, RobotConfig
 from kuavo_smolvla_ros.runners.eager import example_inputs, load_policy
-from kuavo_smolvla_ros.training import train
+from kuavo_smolvla_ros.training import cli
 
 CAMS = ("head_cam_h", "wrist_cam_l", "wrist_cam_r")
-FAST = train.TrainOptions(num_workers=0, device="cpu", progress=False, log_freq=0, val_samples=8)
+FAST = training.TrainOptions(num_workers=0, device="cpu", progress=False, log_freq=0, val_samples=8)
 
 
 def write_dataset(
@@ -70,7 +71,7 @@ def write_dataset(
 
 
 def losses(run_dir: Path) -> list[float]:
-    lines = (run_dir / train.LOG_NAME).read_text().splitlines()
+    lines = (run_dir / training.LOG_NAME).read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines]
 
 
@@ -100,7 +101,7 @@ def test_finetune_lowers_the_loss_and_saves_a_checkpoint_the_runner_loads(
     tiny_checkpoint, pick_dataset, tmp_path
 ):
     out = tmp_path / "run"
-    ckpt = train.finetune(
+    ckpt = training.finetune(
         tiny_checkpoint, pick_dataset, out, steps=40, batch_size=4, lr=1e-3, options=FAST
     )
 
@@ -123,14 +124,14 @@ def test_finetune_lowers_the_loss_and_saves_a_checkpoint_the_runner_loads(
     state, images = example_inputs(runner, height=64, width=64)
     assert runner.predict_chunk(state, images, "pick up the cube", seed=0).shape == (50, 16)
 
-    val = json.loads((out / train.VALIDATION_NAME).read_text())
+    val = json.loads((out / training.VALIDATION_NAME).read_text())
     assert val["rows"][0]["val_loss"]["pick"] > 0
 
 
 def test_two_stage_run_writes_both_checkpoints_and_a_per_task_validation_table(
     tiny_checkpoint, pick_dataset, place_dataset, tmp_path, capsys, caplog
 ):
-    caplog.set_level("INFO", logger="kuavo_smolvla_ros.training.train")
+    caplog.set_level("INFO", logger="kuavo_smolvla_ros.training")
     stages = tmp_path / "stages.yaml"
     pick = os.path.relpath(pick_dataset, tmp_path)  # paths relative to the stages file
     stages.write_text(
@@ -143,7 +144,7 @@ def test_two_stage_run_writes_both_checkpoints_and_a_per_task_validation_table(
         f"    mix: {{{pick}: 0.3}}   # 30 % of each batch replays the first task\n"
     )
     out = tmp_path / "seq"
-    rc = train.main(
+    rc = cli.main(
         [
             "--checkpoint",
             str(tiny_checkpoint),
@@ -172,7 +173,7 @@ def test_two_stage_run_writes_both_checkpoints_and_a_per_task_validation_table(
         assert (ckpt / "policy_preprocessor.json").is_file()
         assert len(losses(out / f"stage_{k}")) == 6
 
-    val = json.loads((out / train.VALIDATION_NAME).read_text())
+    val = json.loads((out / training.VALIDATION_NAME).read_text())
     assert [t["name"] for t in val["tasks"]] == ["pick", "place"]
     assert [r["stage"] for r in val["rows"]] == ["stage_1", "stage_2"]
     assert set(val["rows"][0]["val_loss"]) == {"pick"}
@@ -206,21 +207,21 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint(
     tiny_checkpoint, pick_dataset, tmp_path
 ):
     out = tmp_path / "run"
-    opts = train.TrainOptions(
+    opts = training.TrainOptions(
         num_workers=0, device="cpu", progress=False, log_freq=0, val_samples=0, save_freq=3
     )
-    train.finetune(tiny_checkpoint, pick_dataset, out, steps=6, batch_size=2, options=opts)
+    training.finetune(tiny_checkpoint, pick_dataset, out, steps=6, batch_size=2, options=opts)
     # Interrupted after step 6 but before its checkpoint: the last one is step 3's.
     ckpts = out / "checkpoints"
     shutil.rmtree(ckpts / "000006")
     (ckpts / "last").unlink()
     (ckpts / "last").symlink_to("000003")
-    log = out / train.LOG_NAME
+    log = out / training.LOG_NAME
 
     with pytest.raises(FileExistsError, match="--resume"):
-        train.finetune(tiny_checkpoint, pick_dataset, out, steps=6, batch_size=2, options=opts)
+        training.finetune(tiny_checkpoint, pick_dataset, out, steps=6, batch_size=2, options=opts)
 
-    resumed = train.finetune(
+    resumed = training.finetune(
         tiny_checkpoint,
         pick_dataset,
         out,
@@ -253,7 +254,7 @@ def test_a_base_checkpoint_with_other_dims_and_camera_names_is_fine_tuned_to_kua
     cfg = Config(
         inputs=InputsConfig(cameras=CamerasConfig(rename_to=("camera1", "camera2", "camera3")))
     )
-    ckpt = train.finetune(
+    ckpt = training.finetune(
         base, pick_dataset, tmp_path / "ft", steps=3, batch_size=2, config=cfg, options=FAST
     )
 
@@ -298,13 +299,13 @@ def test_a_dataset_that_does_not_fit_is_refused_before_training(
         opts = dataclasses.replace(FAST, action_horizon=16)
     out = tmp_path / "never"
     with pytest.raises(dims.DimensionError, match=match):
-        train.finetune(tiny_checkpoint, data, out, steps=2, config=cfg, options=opts)
+        training.finetune(tiny_checkpoint, data, out, steps=2, config=cfg, options=opts)
     assert not out.exists(), "refused runs must not start (nor create the output directory)"
 
 
 def test_cli_prints_the_refusal_and_exits_2(tiny_checkpoint, small_dataset, tmp_path, capsys):
     data = small_dataset("cli_fps", fps=30)
-    rc = train.main(
+    rc = cli.main(
         [
             "--checkpoint",
             str(tiny_checkpoint),
@@ -324,8 +325,8 @@ def test_cli_prints_the_refusal_and_exits_2(tiny_checkpoint, small_dataset, tmp_
 
 def test_stages_mixing_an_unknown_dataset_is_refused(tiny_checkpoint, pick_dataset, tmp_path):
     stages = [
-        train.Stage(dataset=str(pick_dataset), name="pick", steps=1),
-        train.Stage(dataset=str(pick_dataset), name="again", steps=1, mix={"elsewhere": 0.5}),
+        training.Stage(dataset=str(pick_dataset), name="pick", steps=1),
+        training.Stage(dataset=str(pick_dataset), name="again", steps=1, mix={"elsewhere": 0.5}),
     ]
-    with pytest.raises(train.StagesError, match="no earlier stage"):
-        train.train_stages(tiny_checkpoint, stages, tmp_path / "o", options=FAST)
+    with pytest.raises(training.StagesError, match="no earlier stage"):
+        training.train_stages(tiny_checkpoint, stages, tmp_path / "o", options=FAST)

@@ -1,0 +1,362 @@
+"""One stage's training run under accelerate: build the policy and processors from the previous
+checkpoint (LeRobot's factories), run LeRobot's ``update_policy`` step, log, checkpoint in
+``lerobot-train``'s layout, resume from the last checkpoint, and the validation loss.
+
+Checkpoints stay loadable by ``load_policy`` offline: a bundled backbone (``vlm/``) is copied
+into each saved ``pretrained_model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kuavo_smolvla_ros.core import dims
+from kuavo_smolvla_ros.core.config import Config
+from kuavo_smolvla_ros.runners.eager import (
+    bundled_vlm_dir,
+    processor_overrides,
+    read_policy_config,
+)
+from kuavo_smolvla_ros.training.checks import StagePlan
+from kuavo_smolvla_ros.training.data import aggregate_stats, train_loader, video_backend
+from kuavo_smolvla_ros.training.options import LOG_NAME, StageResult, TrainOptions
+
+log = logging.getLogger(__name__)
+
+
+def mixed_precision(choice: str, device: str) -> str:
+    import torch
+
+    if choice != "auto":
+        return choice
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def make_accelerator(device: str, mixed_precision: str) -> Any:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(device))
+    state = AcceleratorState._shared_state
+    if state and state.get("mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(
+        mixed_precision=mixed_precision,
+        cpu=device == "cpu",
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def last_checkpoint(stage_dir: Path) -> Path | None:
+    last = stage_dir / "checkpoints" / "last"
+    return last.resolve() if (last / "training_state").is_dir() else None
+
+
+def saved_step(ckpt_dir: Path) -> int:
+    from lerobot.utils.train_utils import load_training_step
+
+    return int(load_training_step(ckpt_dir / "training_state"))
+
+
+def build_stage(
+    plan: StagePlan, src_ckpt: Path, device: str, opts: TrainOptions, stage_dir: Path, cfg: Config
+):
+    """Policy, processors, train config for one stage, from ``src_ckpt`` (LeRobot factories)."""
+    from lerobot.configs.default import DatasetConfig
+    from lerobot.configs.train import TrainPipelineConfig
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.factory import make_policy, make_pre_post_processors
+
+    policy_cfg = read_policy_config(src_ckpt, device)
+    policy_cfg.pretrained_path = src_ckpt
+    policy_cfg.push_to_hub = False
+    feats = dict(policy_cfg.input_features or {})
+    old = feats.get(dims.STATE_KEY)
+    if old is None or tuple(old.shape) != (cfg.robot.dim,):
+        if old is not None:
+            log.info(
+                "checkpoint state feature is %s-D; fine-tuning it to the robot's %d-D state"
+                " (max_state_dim stays %d)",
+                old.shape[0],
+                cfg.robot.dim,
+                policy_cfg.max_state_dim,
+            )
+        feats[dims.STATE_KEY] = PolicyFeature(type=FeatureType.STATE, shape=(cfg.robot.dim,))
+    policy_cfg.input_features = feats
+
+    optimizer = policy_cfg.get_optimizer_preset()
+    scheduler = policy_cfg.get_scheduler_preset()
+    if opts.lr is not None:
+        optimizer.lr = opts.lr
+        if hasattr(scheduler, "peak_lr"):
+            scheduler.peak_lr = opts.lr
+            scheduler.decay_lr = min(scheduler.decay_lr, opts.lr)
+    src = plan.source
+    train_cfg = TrainPipelineConfig(
+        dataset=DatasetConfig(
+            repo_id=src.ref.repo_id,
+            root=str(src.ref.root) if src.ref.root else None,
+            episodes=src.train_episodes,
+            use_imagenet_stats=False,
+            video_backend=opts.video_backend or video_backend(),
+        ),
+        policy=policy_cfg,
+        output_dir=stage_dir,
+        job_name=f"kuavo_smolvla_{plan.stage.label}",
+        resume=opts.resume,
+        seed=opts.seed,
+        num_workers=opts.num_workers,
+        batch_size=opts.batch_size,
+        steps=plan.steps,
+        log_freq=opts.log_freq,
+        save_freq=opts.save_freq or plan.steps,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        rename_map=dict(plan.rename_map),
+    )
+
+    policy = make_policy(policy_cfg, ds_meta=src.meta, rename_map=plan.rename_map)
+    stats = aggregate_stats(plan.stats_sources)
+    pol_cfg = policy.config
+    pre_over = processor_overrides(src_ckpt, device)
+    pre_over["normalizer_processor"] = {
+        "stats": stats,
+        "features": {**pol_cfg.input_features, **pol_cfg.output_features},
+        "norm_map": pol_cfg.normalization_mapping,
+    }
+    pre_over["rename_observations_processor"] = {"rename_map": dict(plan.rename_map)}
+    post_over = {
+        "unnormalizer_processor": {
+            "stats": stats,
+            "features": pol_cfg.output_features,
+            "norm_map": pol_cfg.normalization_mapping,
+        }
+    }
+    try:
+        pre, post = make_pre_post_processors(
+            pol_cfg,
+            pretrained_path=str(src_ckpt),
+            preprocessor_overrides=pre_over,
+            postprocessor_overrides=post_over,
+        )
+    except FileNotFoundError:
+        log.warning("%s has no saved processors; building SmolVLA's defaults", src_ckpt)
+        pre, post = make_pre_post_processors(pol_cfg, dataset_stats=stats)
+        for step in pre.steps:
+            if hasattr(step, "rename_map"):
+                step.rename_map = dict(plan.rename_map)
+    return policy, pre, post, train_cfg
+
+
+def validation_loss(
+    policy: Any,
+    preprocessor: Any,
+    dataset: Any,
+    *,
+    batch_size: int = 8,
+    max_samples: int = 64,
+    seed: int = 0,
+    accelerator: Any = None,
+) -> float:
+    """Mean flow-matching loss on evenly spaced samples with fixed noise: comparable over stages."""
+    import torch
+    from lerobot.utils.random_utils import seeded_context
+    from torch.utils.data import DataLoader, Subset
+
+    n = len(dataset)
+    idx = np.unique(np.linspace(0, n - 1, num=min(n, max_samples)).round().astype(int)).tolist()
+    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False)
+    was_training = policy.training
+    policy.eval()
+    total, count = 0.0, 0
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    try:
+        with seeded_context(seed), torch.no_grad(), autocast:
+            for batch in loader:
+                b = len(batch["index"])
+                loss, _ = policy.forward(preprocessor(batch))
+                total += float(loss) * b
+                count += b
+    finally:
+        policy.train(was_training)
+    return total / max(count, 1)
+
+
+def copy_vlm(src_ckpt: Path, pretrained_dir: Path) -> None:
+    vlm = bundled_vlm_dir(src_ckpt)
+    if vlm is not None and vlm != (pretrained_dir / "vlm").resolve():
+        shutil.copytree(vlm, pretrained_dir / "vlm", dirs_exist_ok=True)
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep the loss log's lines up to ``step``: a resumed run repeats the steps after it."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def run_stage(
+    plan: StagePlan,
+    src_ckpt: Path,
+    stage_dir: Path,
+    device: str,
+    accelerator: Any,
+    opts: TrainOptions,
+    cfg: Config,
+) -> tuple[StageResult, Any, Any, Any]:
+    """Train one stage (or resume it); returns the result, policy, preprocessor, train config."""
+    from lerobot.optim.factory import make_optimizer_and_scheduler
+    from lerobot.scripts.lerobot_train import update_policy
+    from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
+    from lerobot.utils.random_utils import set_seed
+    from lerobot.utils.train_utils import (
+        get_step_checkpoint_dir,
+        load_training_state,
+        save_checkpoint,
+        update_last_checkpoint,
+    )
+    from tqdm import tqdm
+
+    name = plan.stage.label
+    last = last_checkpoint(stage_dir)
+    step = 0
+    if last is not None:
+        if not opts.resume:
+            raise FileExistsError(
+                f"{stage_dir} already holds checkpoints: pass --resume (resume=True) to continue"
+                " from the last one, or choose another output directory."
+            )
+        step = saved_step(last)
+        src_ckpt = last / "pretrained_model"
+        log.info("%s: resuming from %s (step %d of %d)", name, last, step, plan.steps)
+    set_seed(opts.seed + plan.index, accelerator=accelerator)
+    policy, pre, post, train_cfg = build_stage(plan, src_ckpt, device, opts, stage_dir, cfg)
+    if step >= plan.steps:
+        return StageResult(name, src_ckpt, step, [], None), policy, pre, train_cfg
+
+    optimizer, lr_scheduler = make_optimizer_and_scheduler(train_cfg, policy)
+    if last is not None:
+        step, optimizer, lr_scheduler = load_training_state(last, optimizer, lr_scheduler)
+    loader, n_frames, n_episodes = train_loader(plan, train_cfg, opts, device)
+    policy, optimizer, lr_scheduler = accelerator.prepare(policy, optimizer, lr_scheduler)
+    from lerobot.datasets.utils import cycle
+
+    batches = cycle(loader)
+    metrics = {
+        "loss": AverageMeter("loss", ":.3f"),
+        "grad_norm": AverageMeter("grdn", ":.3f"),
+        "lr": AverageMeter("lr", ":0.1e"),
+        "update_s": AverageMeter("updt_s", ":.3f"),
+        "dataloading_s": AverageMeter("data_s", ":.3f"),
+    }
+    tracker = MetricsTracker(
+        opts.batch_size,
+        n_frames,
+        max(n_episodes, 1),
+        metrics,
+        initial_step=step,
+        accelerator=accelerator,
+    )
+    n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    log.info(
+        "%s: %d steps from %s on %s (batch %d, %d frames, %s trainable params, precision %s)",
+        name,
+        plan.steps,
+        src_ckpt,
+        device,
+        opts.batch_size,
+        n_frames,
+        f"{n_train:,}",
+        accelerator.mixed_precision,
+    )
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    losses: list[float] = []
+    final = src_ckpt
+    bar = tqdm(
+        total=plan.steps,
+        initial=step,
+        desc=name,
+        unit="step",
+        disable=not opts.progress,
+        dynamic_ncols=True,
+    )
+    t_start = time.perf_counter()
+    first_step = step
+    trim_log(stage_dir / LOG_NAME, step)
+    with (stage_dir / LOG_NAME).open("a") as log_file:
+        policy.train()
+        while step < plan.steps:
+            t0 = time.perf_counter()
+            batch = pre(next(batches))
+            tracker.dataloading_s = time.perf_counter() - t0
+            tracker, _ = update_policy(
+                tracker,
+                policy,
+                batch,
+                optimizer,
+                train_cfg.optimizer.grad_clip_norm,
+                accelerator=accelerator,
+                lr_scheduler=lr_scheduler,
+            )
+            step += 1
+            tracker.step()
+            loss = float(tracker.loss.val)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"{name}: loss became {loss} at step {step}. Lower the learning rate (--lr)"
+                    " or check the dataset for NaN/Inf values."
+                )
+            losses.append(loss)
+            record = {
+                "stage": name,
+                "step": step,
+                "loss": loss,
+                "grad_norm": float(tracker.grad_norm.val),
+                "lr": float(tracker.lr.val),
+                "update_s": float(tracker.update_s.val),
+                "data_s": float(tracker.dataloading_s.val),
+            }
+            log_file.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.1e}")
+            if opts.log_freq and step % opts.log_freq == 0:
+                log.info("%s %s", name, tracker)
+                tracker.reset_averages()
+            if step % train_cfg.save_freq == 0 or step == plan.steps:
+                ckpt_dir = get_step_checkpoint_dir(stage_dir, plan.steps, step)
+                save_checkpoint(
+                    checkpoint_dir=ckpt_dir,
+                    step=step,
+                    cfg=train_cfg,
+                    policy=accelerator.unwrap_model(policy),
+                    optimizer=optimizer,
+                    scheduler=lr_scheduler,
+                    preprocessor=pre,
+                    postprocessor=post,
+                )
+                copy_vlm(src_ckpt, ckpt_dir / "pretrained_model")
+                update_last_checkpoint(ckpt_dir)
+                final = ckpt_dir / "pretrained_model"
+                log_file.flush()
+    bar.close()
+    wall = time.perf_counter() - t_start
+    rate = (step - first_step) / wall if wall > 0 else None
+    log.info("%s: done, %.2f steps/s, checkpoint %s", name, rate or 0.0, final)
+    result = StageResult(name, final, step, losses, rate)
+    return result, accelerator.unwrap_model(policy), pre, train_cfg

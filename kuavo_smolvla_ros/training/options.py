@@ -1,0 +1,78 @@
+"""Training options and results, shared by every training module (no torch, no LeRobot here).
+
+``TrainOptions`` holds every default and bound of a run; ``TrainResult`` / ``StageResult`` are
+what ``train_stages`` hands back. File names of the output directory live here so the CLI, the
+tests and the benchmarks agree on them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kuavo_smolvla_ros.core.config import ConfigError
+
+MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
+LOG_NAME = "train_log.jsonl"
+VALIDATION_NAME = "validation.json"
+RUN_NAME = "kuavo_train.json"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train; the policy's own presets supply the rest (AdamW, cosine schedule, clip)."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float | None = None  # None: the policy preset (1e-4 for SmolVLA)
+    device: str = "auto"
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA, none elsewhere
+    num_workers: int = 2
+    seed: int = 1000
+    save_freq: int = 0  # 0: save only at the end of each stage
+    log_freq: int = 50
+    val_fraction: float = 0.1  # held-out episodes per dataset (none if the dataset is small)
+    val_samples: int = 64  # validation samples per task; 0 disables validation
+    action_horizon: int | None = None  # None: the checkpoint's chunk_size (anything else refused)
+    video_backend: str | None = None  # None: torchcodec if it loads, else pyav
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr={self.lr} must be > 0.")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(
+                f"mixed_precision={self.mixed_precision!r}: one of {MIXED_PRECISION}."
+            )
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1).")
+        if min(self.num_workers, self.save_freq, self.log_freq, self.val_samples) < 0:
+            raise ConfigError("num_workers, save_freq, log_freq and val_samples must be >= 0.")
+
+
+@dataclass
+class StageResult:
+    """What one stage produced: its final checkpoint, losses and speed."""
+
+    name: str
+    checkpoint: Path
+    steps: int
+    losses: list[float]
+    steps_per_s: float | None  # None when the stage was already complete (resume)
+    val_loss: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    stages: list[StageResult]
+    validation: dict[str, Any]
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.stages[-1].checkpoint

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kuavo_smolvla_ros.core.config import NODE_NAME, flatten, load_config, parameter_specs
+from kuavo_smolvla_ros.core.config import flatten, load_config, parameter_specs
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = "kuavo_smolvla_ros"
@@ -83,8 +83,9 @@ def test_launch_arguments_set_parameters_that_the_node_declares():
         assert f'"{name}"' in text
 
 
-def test_every_yaml_key_is_a_declared_parameter():
-    raw = yaml.safe_load((REPO / "config" / "kuavo_smolvla.yaml").read_text())
-    keys = set(flatten(raw[NODE_NAME]["ros__parameters"]))
+@pytest.mark.parametrize("name", ["kuavo_smolvla.yaml", "kuavo_ros1_stock.yaml"])
+def test_every_yaml_key_is_a_declared_parameter(name):
+    raw = yaml.safe_load((REPO / "config" / name).read_text())
+    keys = set(flatten(raw["/**"]["ros__parameters"] or {}))
     declared = {name for name, *_ in parameter_specs()}
     assert keys <= declared, keys - declared

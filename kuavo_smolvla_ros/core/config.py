@@ -1,22 +1,28 @@
 """Typed, validated configuration for the whole package, loaded from one YAML file.
 
-The YAML file is a ROS 2 parameters file (``<node>: ros__parameters: {...}``) so the same file
-feeds ``ros2 run ... --ros-args --params-file`` and the pure-Python tools (replay, training).
-Nested sections map to dataclasses; ROS sees them as dotted parameter names
-(``scheduler.publish_rate_hz``). Every check lives in a ``__post_init__`` and names the fields
-involved and the fix, LeRobot-style.
+The YAML file is a ROS 2 parameters file (``/**: ros__parameters: {...}``, so it applies under
+any namespace) and the same file feeds ``ros2 run ... --ros-args --params-file`` and the
+pure-Python tools (replay, training). Nested sections map to dataclasses; ROS sees them as dotted
+parameter names (``scheduler.action_fps``).
+
+The dataclasses are the one source of defaults, units, bounds and descriptions: the ROS parameter
+descriptors (``ros/parameters.py``), the launch file's arguments and the README's parameter table
+are generated from or tested against them, and the shipped YAML files hold only what differs.
+Every bound is checked in ``__post_init__`` (so ``dataclasses.replace`` cannot bypass it), every
+float must be finite, and errors name the field, the value and the bound, LeRobot-style.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -24,15 +30,62 @@ NODE_NAME = "kuavo_smolvla_policy"
 MERGE_MODES = ("latest_only", "weighted_average", "temporal_ensemble", "rtc")
 CAMERA_TRANSPORTS = ("compressed", "raw")
 POLICY_BACKENDS = ("process", "thread")
+FAST_PATH_MODES = ("auto", "on", "off")
+DEFAULT_TASK = "pick up the object"
+# Old key -> new key. Still read from YAML and ROS parameters, with one deprecation line.
+DEPRECATED_KEYS = {"scheduler.publish_rate_hz": "outputs.publish_rate_hz"}
+BOUND_KEYS = ("gt", "ge", "lt", "le")
+_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+_log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message says which field and how to fix it."""
 
 
-def _meta(description: str, **extra: Any) -> dict[str, Any]:
-    """Field metadata: a description (becomes the ROS ParameterDescriptor) and optional bounds."""
-    return {"description": description, **extra}
+class FieldError(ConfigError):
+    """One field out of its bounds; ``from_dict`` re-prefixes it with the field's YAML path."""
+
+    def __init__(self, section: str, name: str, detail: str) -> None:
+        self.section, self.name, self.detail = section, name, detail
+        super().__init__(f"{section}.{name}{detail}" if section else f"{name}{detail}")
+
+    def at(self, section: str) -> FieldError:
+        return FieldError(section, self.name, self.detail)
+
+
+def _meta(
+    description: str,
+    unit: str = "",
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    choices: tuple[str, ...] = (),
+    runtime: bool = False,
+) -> dict[str, Any]:
+    """Field metadata: description, unit, bounds (``gt``/``ge``/``lt``/``le``, per element for
+    lists), allowed ``choices`` and whether the parameter may change while the node runs
+    (``runtime``; everything else is a read-only ROS parameter)."""
+    m: dict[str, Any] = {"description": description, "unit": unit, "runtime": runtime}
+    for key, value in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)):
+        if value is not None:
+            m[key] = value
+    if choices:
+        m["choices"] = tuple(choices)
+    return m
+
+
+def bounds_of(f: dataclasses.Field) -> dict[str, float]:
+    """The field's bounds, e.g. ``{"gt": 0.0, "le": 1000.0}``."""
+    return {k: f.metadata[k] for k in BOUND_KEYS if k in f.metadata}
+
+
+def describe_bounds(bounds: dict[str, float]) -> str:
+    """``{"gt": 0, "le": 10}`` -> ``"> 0, <= 10"``."""
+    return ", ".join(f"{_OPS[k]} {v:g}" for k, v in bounds.items())
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -40,11 +93,54 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-# Kuavo biped_s45 arm limits (rad), from the robot URDF. Grippers are 0 (open) .. 1 (closed).
+def _check_value(section: str, name: str, value: Any, f: dataclasses.Field) -> None:
+    """Finiteness (floats), bounds and choices of one value (or each element of a tuple)."""
+    items = list(enumerate(value)) if isinstance(value, tuple) else [(None, value)]
+    unit = f.metadata.get("unit", "")
+    for i, v in items:
+        label = name if i is None else f"{name}[{i}]"
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise FieldError(section, label, f"={v} must be a finite number.")
+        if isinstance(v, str):
+            choices = f.metadata.get("choices", ())
+            if choices and v not in choices:
+                raise FieldError(section, label, f"={v!r}: choose one of {', '.join(choices)}.")
+            continue
+        for key, bound in bounds_of(f).items():
+            ok = {"gt": v > bound, "ge": v >= bound, "lt": v < bound, "le": v <= bound}[key]
+            if not ok:
+                raise FieldError(
+                    section,
+                    label,
+                    f"={v:g} must be {_OPS[key]} {bound:g}{' ' + unit if unit else ''}.",
+                )
+
+
+class _Validated:
+    """Mixin: ``__post_init__`` checks every field's metadata (bounds, finiteness, choices)."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            _check_value(self.SECTION, f.name, getattr(self, f.name), f)
+        self._check()
+
+    def _check(self) -> None:
+        """Checks across fields (subclasses)."""
+
+
+# Kuavo biped_s45 arm limits (rad) and joint velocity limits (rad/s), from the robot URDF.
+# Grippers are 0 (open) .. 1 (closed); the claw's speed is not published, so its "own" limit is
+# a sanity cap of a full stroke in 0.1 s.
 _L_LOWER = (-3.1416, -0.349, -1.5708, -2.618, -1.5708, -1.309, -0.698)
 _L_UPPER = (1.5708, 2.094, 1.5708, 0.0, 1.5708, 0.698, 0.698)
 _R_LOWER = (-3.1416, -2.094, -1.5708, -2.618, -1.5708, -0.698, -0.698)
 _R_UPPER = (1.5708, 0.349, 1.5708, 0.0, 1.5708, 1.309, 0.698)
+URDF_ARM_VELOCITY = (41.3, 19.2, 18.8, 18.8, 21.7, 21.7, 21.7)
+GRIPPER_VELOCITY_CAP = 10.0
 KUAVO_JOINT_NAMES = (
     *(f"zarm_l{i}_joint" for i in range(1, 8)),
     "left_claw",
@@ -54,12 +150,14 @@ KUAVO_JOINT_NAMES = (
 
 
 @dataclass(frozen=True)
-class RobotConfig:
+class RobotConfig(_Validated):
     """The robot's policy vector: order, names, limits and speed limits (SI: rad, rad/s).
 
     Kuavo's default is 16-D: left arm l1..l7, left gripper, right arm r1..r7, right gripper.
     A 4Pro / 5 / 5W or a dexterous hand is a change of this section, not of code.
     """
+
+    SECTION: ClassVar[str] = "robot"
 
     name: str = field(default="kuavo_s45", metadata=_meta("Robot profile name (for logs)."))
     joint_names: tuple[str, ...] = field(
@@ -67,25 +165,44 @@ class RobotConfig:
     )
     lower: tuple[float, ...] = field(
         default=(*_L_LOWER, 0.0, *_R_LOWER, 0.0),
-        metadata=_meta("Lower limit per policy dim (rad for joints, 0..1 for grippers)."),
+        metadata=_meta("Lower limit per policy dim (URDF; grippers 0 open).", "rad"),
     )
     upper: tuple[float, ...] = field(
         default=(*_L_UPPER, 1.0, *_R_UPPER, 1.0),
-        metadata=_meta("Upper limit per policy dim (rad for joints, 0..1 for grippers)."),
+        metadata=_meta("Upper limit per policy dim (URDF; grippers 1 closed).", "rad"),
     )
     max_velocity: tuple[float, ...] = field(
         default=(*(1.0,) * 7, 2.0, *(1.0,) * 7, 2.0),
-        metadata=_meta("Speed limit per policy dim (rad/s for joints, 1/s for grippers)."),
+        metadata=_meta(
+            "Speed limit per policy dim (grippers: strokes/s); at most robot.velocity_limits.",
+            "rad/s",
+            gt=0.0,
+        ),
+    )
+    velocity_limits: tuple[float, ...] = field(
+        default=(
+            *URDF_ARM_VELOCITY,
+            GRIPPER_VELOCITY_CAP,
+            *URDF_ARM_VELOCITY,
+            GRIPPER_VELOCITY_CAP,
+        ),
+        metadata=_meta(
+            "The robot's own velocity limit per policy dim (URDF <limit velocity>; grippers a"
+            " full stroke in 0.1 s): the speed limit can never be set above it.",
+            "rad/s",
+            gt=0.0,
+        ),
     )
     gripper_indices: tuple[int, ...] = field(
-        default=(7, 15), metadata=_meta("Policy dims that are grippers (0 open .. 1 closed).")
+        default=(7, 15),
+        metadata=_meta("Policy dims that are grippers (0 open .. 1 closed).", ge=0),
     )
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         n = len(self.joint_names)
         _check(n > 0, "robot.joint_names is empty: list the policy dims in order.")
         _check(len(set(self.joint_names)) == n, "robot.joint_names has duplicates.")
-        for key in ("lower", "upper", "max_velocity"):
+        for key in ("lower", "upper", "max_velocity", "velocity_limits"):
             _check(
                 len(getattr(self, key)) == n,
                 f"robot.{key} has {len(getattr(self, key))} values but robot.joint_names has {n}:"
@@ -93,12 +210,16 @@ class RobotConfig:
             )
         for i, (lo, hi) in enumerate(zip(self.lower, self.upper)):
             _check(
-                math.isfinite(lo) and math.isfinite(hi) and lo < hi,
-                f"robot.lower[{i}]={lo} must be finite and below robot.upper[{i}]={hi}"
+                lo < hi,
+                f"robot.lower[{i}]={lo} must be below robot.upper[{i}]={hi}"
                 f" ({self.joint_names[i]}).",
             )
-        for i, v in enumerate(self.max_velocity):
-            _check(math.isfinite(v) and v > 0, f"robot.max_velocity[{i}]={v} must be > 0.")
+        for i, (v, cap) in enumerate(zip(self.max_velocity, self.velocity_limits)):
+            _check(
+                v <= cap,
+                f"robot.max_velocity[{i}]={v:g} must be <= robot.velocity_limits[{i}]={cap:g}"
+                f" rad/s ({self.joint_names[i]}'s own limit).",
+            )
         for i in self.gripper_indices:
             _check(0 <= i < n, f"robot.gripper_indices has {i}, outside 0..{n - 1}.")
 
@@ -112,7 +233,7 @@ class RobotConfig:
 
 
 @dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(_Validated):
     """Where some policy dims come from: a topic, a message type and a field path.
 
     ``field`` is a dotted path with an optional slice, e.g. ``position`` (JointState) or
@@ -122,13 +243,34 @@ class SourceConfig:
     (0.01 for a 0..100 claw, pi/180 for degrees).
     """
 
-    topic: str = ""
-    msg_type: str = "sensor_msgs/msg/JointState"
-    field: str = "position"
-    names: tuple[str, ...] = ()
-    index: tuple[int, ...] = ()
-    scale: float = 1.0
-    dims: tuple[int, ...] = ()
+    SECTION: ClassVar[str] = "inputs.<source>"
+
+    topic: str = dataclasses.field(default="", metadata=_meta("Topic."))
+    msg_type: str = dataclasses.field(
+        default="sensor_msgs/msg/JointState", metadata=_meta("Message type (pkg/msg/Type).")
+    )
+    field: str = dataclasses.field(
+        default="position",
+        metadata=_meta("Field path, e.g. position or joint_data.joint_q[12:26]."),
+    )
+    names: tuple[str, ...] = dataclasses.field(
+        default=(), metadata=_meta("Match values by these names (when the message has names).")
+    )
+    index: tuple[int, ...] = dataclasses.field(
+        default=(), metadata=_meta("Pick values by position (messages without names).", ge=0)
+    )
+    scale: float = dataclasses.field(
+        default=1.0, metadata=_meta("Multiplier to policy units (claw 0..100: 0.01).")
+    )
+    dims: tuple[int, ...] = dataclasses.field(
+        default=(), metadata=_meta("Policy dims this source feeds.", ge=0)
+    )
+
+    def _check(self) -> None:
+        if self.scale == 0:
+            raise FieldError(
+                self.SECTION, "scale", "=0 must be != 0 (it converts to policy units)."
+            )
 
     def validate(self, section: str, robot_dim: int) -> None:
         _check(bool(self.topic), f"{section}.topic is empty.")
@@ -163,31 +305,46 @@ def _default_gripper_source() -> SourceConfig:
 
 
 @dataclass(frozen=True)
-class CamerasConfig:
+class CamerasConfig(_Validated):
     """Cameras, by robot name. ``rename_to`` maps each to the checkpoint's image feature name."""
 
-    names: tuple[str, ...] = ("head_cam_h", "wrist_cam_l", "wrist_cam_r")
-    topics: tuple[str, ...] = (
-        "/cam_h/color/image_raw/compressed",
-        "/cam_l/color/image_raw/compressed",
-        "/cam_r/color/image_raw/compressed",
-    )
-    transports: tuple[str, ...] = ("compressed", "compressed", "compressed")
-    rename_to: tuple[str, ...] = ()
+    SECTION: ClassVar[str] = "inputs.cameras"
 
-    def __post_init__(self) -> None:
+    names: tuple[str, ...] = field(
+        default=("head_cam_h", "wrist_cam_l", "wrist_cam_r"),
+        metadata=_meta("Camera names (1 to 8), as in the dataset's image features."),
+    )
+    topics: tuple[str, ...] = field(
+        default=(
+            "/cam_h/color/image_raw/compressed",
+            "/cam_l/color/image_raw/compressed",
+            "/cam_r/color/image_raw/compressed",
+        ),
+        metadata=_meta("Image topic per camera."),
+    )
+    transports: tuple[str, ...] = field(
+        default=("compressed", "compressed", "compressed"),
+        metadata=_meta("Per camera: compressed or raw.", choices=CAMERA_TRANSPORTS),
+    )
+    rename_to: tuple[str, ...] = field(
+        default=(), metadata=_meta("Checkpoint image feature name per camera, if they differ.")
+    )
+
+    def _check(self) -> None:
         n = len(self.names)
-        _check(1 <= n <= 8, "cameras.names must list 1 to 8 cameras.")
-        _check(len(self.topics) == n, f"cameras.topics has {len(self.topics)} entries for {n}.")
+        _check(1 <= n <= 8, "inputs.cameras.names must list 1 to 8 cameras.")
+        _check(
+            len(self.topics) == n,
+            f"inputs.cameras.topics has {len(self.topics)} entries for {n} cameras.",
+        )
         _check(
             len(self.transports) == n,
-            f"cameras.transports has {len(self.transports)} entries for {n} cameras.",
+            f"inputs.cameras.transports has {len(self.transports)} entries for {n} cameras.",
         )
-        for t in self.transports:
-            _check(t in CAMERA_TRANSPORTS, f"cameras.transports: {t!r} not in {CAMERA_TRANSPORTS}.")
         _check(
             not self.rename_to or len(self.rename_to) == n,
-            f"cameras.rename_to has {len(self.rename_to)} entries for {n} cameras (or leave empty).",
+            f"inputs.cameras.rename_to has {len(self.rename_to)} entries for {n} cameras"
+            " (or leave it empty).",
         )
 
     @property
@@ -199,111 +356,179 @@ class CamerasConfig:
 
 
 @dataclass(frozen=True)
-class InputsConfig:
+class InputsConfig(_Validated):
+    SECTION: ClassVar[str] = "inputs"
+
     arm: SourceConfig = field(default_factory=_default_arm_source)
     gripper: SourceConfig = field(default_factory=_default_gripper_source)
     cameras: CamerasConfig = field(default_factory=CamerasConfig)
     task_topic: str = field(default="~/task", metadata=_meta("std_msgs/String task topic."))
     state_timeout_s: float = field(
-        default=0.5, metadata=_meta("Joint/gripper state older than this is stale.", gt=0.0)
+        default=0.5,
+        metadata=_meta("Joint/gripper state older than this is stale.", "s", gt=0.0, le=60.0),
     )
     camera_timeout_s: float = field(
-        default=0.5, metadata=_meta("A camera frame older than this is stale.", gt=0.0)
+        default=0.5,
+        metadata=_meta("A camera frame older than this is stale.", "s", gt=0.0, le=60.0),
+    )
+    max_image_bytes: int = field(
+        default=16_000_000,
+        metadata=_meta("A larger camera message is refused before decoding.", "B", ge=1),
+    )
+    max_image_side: int = field(
+        default=4096,
+        metadata=_meta("A wider or taller image is refused before decoding.", "px", ge=1),
+    )
+    max_task_chars: int = field(
+        default=512, metadata=_meta("A longer task text is cut to this length.", ge=1)
     )
 
 
 @dataclass(frozen=True)
-class OutputsConfig:
+class OutputsConfig(_Validated):
     """Command topics. The stock arm command is 14 positions in degrees on /kuavo_arm_traj."""
 
-    arm_topic: str = "/kuavo_arm_traj"
-    arm_names: tuple[str, ...] = tuple(f"arm_joint_{i}" for i in range(14))
-    arm_in_degrees: bool = True
-    gripper_topic: str = "/gripper/command"
-    gripper_msg_type: str = "sensor_msgs/msg/JointState"
-    gripper_field: str = "position"
-    gripper_names: tuple[str, ...] = ("left_claw", "right_claw")
-    gripper_scale: float = field(
-        default=100.0, metadata=_meta("Policy gripper 0..1 -> command units (claw 0..100).")
+    SECTION: ClassVar[str] = "outputs"
+
+    publish_rate_hz: float = field(
+        default=100.0,
+        metadata=_meta(
+            "Command publish rate (the control timer; the speed limit's dt cap is 2 periods)."
+            " YAML key scheduler.publish_rate_hz is still read (deprecated).",
+            "Hz",
+            gt=0.0,
+            le=1000.0,
+        ),
     )
-    action_topic: str = "~/action"
+    arm_topic: str = field(default="/kuavo_arm_traj", metadata=_meta("Arm command topic."))
+    arm_names: tuple[str, ...] = field(
+        default=tuple(f"arm_joint_{i}" for i in range(14)),
+        metadata=_meta("Joint names in the arm command, one per arm dim."),
+    )
+    arm_in_degrees: bool = field(
+        default=True, metadata=_meta("Arm command in degrees (stock Kuavo) instead of rad.")
+    )
+    gripper_topic: str = field(default="/gripper/command", metadata=_meta("Gripper command topic."))
+    gripper_msg_type: str = field(
+        default="sensor_msgs/msg/JointState", metadata=_meta("Gripper command message type.")
+    )
+    gripper_field: str = field(
+        default="position", metadata=_meta("Field path of the gripper values in the command.")
+    )
+    gripper_names: tuple[str, ...] = field(
+        default=("left_claw", "right_claw"), metadata=_meta("Gripper names, one per gripper dim.")
+    )
+    gripper_scale: float = field(
+        default=100.0,
+        metadata=_meta("Policy gripper 0..1 -> command units (claw 0..100).", gt=0.0, le=100000.0),
+    )
+    action_topic: str = field(
+        default="~/action", metadata=_meta("Full command in SI units (also in dry run).")
+    )
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(_Validated):
+    SECTION: ClassVar[str] = "policy"
+
     checkpoint: str = field(
         default="", metadata=_meta("SmolVLA checkpoint: local directory or hub id.")
     )
+    revision: str = field(
+        default="",
+        metadata=_meta("Hub revision (commit hash or tag) to pin a hub id to; empty: latest."),
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata=_meta(
+            "Allow the checkpoint's processor files to name classes other than LeRobot's"
+            " registered steps and this package's (they are imported and built: code execution)."
+        ),
+    )
     device: str = field(default="auto", metadata=_meta("auto, cpu, cuda, cuda:N or mps."))
     fast_path: str = field(
-        default="auto", metadata=_meta("auto (on for CUDA), on or off: bf16 + CUDA graphs.")
+        default="auto",
+        metadata=_meta(
+            "auto (on for CUDA), on or off: bf16 + CUDA graphs.", choices=FAST_PATH_MODES
+        ),
     )
-    task: str = field(default="", metadata=_meta("Default task instruction."))
-    seed: int = field(default=-1, metadata=_meta("Flow-matching noise seed; -1 for random."))
+    task: str = field(
+        default=DEFAULT_TASK,
+        metadata=_meta("Task instruction (until one arrives on the task topic).", runtime=True),
+    )
+    seed: int = field(default=-1, metadata=_meta("Flow-matching noise seed; -1 for random.", ge=-1))
     warmup: bool = field(default=True, metadata=_meta("Run one forward pass at load."))
     torch_threads: int = field(
         default=0,
         metadata=_meta(
-            "CPU threads for inference (0: torch default); leave a core for control.", ge=0
+            "CPU threads for inference (0: torch default); leave a core for control.",
+            ge=0,
+            le=1024,
+        ),
+    )
+    timeout_s: float = field(
+        default=0.0,
+        metadata=_meta(
+            "A chunk not answered within this is a fault (0: max(2 s, 10x the warm-up chunk)).",
+            "s",
+            ge=0.0,
+            le=600.0,
         ),
     )
     backend: str = field(
         default="process",
         metadata=_meta(
             "Where the model runs: process (a child process, no GIL contention with the"
-            " control timer) or thread (in the node's process)."
+            " control timer) or thread (in the node's process).",
+            choices=POLICY_BACKENDS,
         ),
     )
 
-    def __post_init__(self) -> None:
-        _check(
-            self.backend in POLICY_BACKENDS,
-            f"policy.backend={self.backend!r}; choose one of {POLICY_BACKENDS}.",
-        )
-
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class SchedulerConfig(_Validated):
     """How chunks become a command stream (see scheduler.py for the formulas)."""
 
-    publish_rate_hz: float = field(
-        default=100.0, metadata=_meta("Command publish rate.", gt=0.0, le=1000.0)
-    )
+    SECTION: ClassVar[str] = "scheduler"
+
     action_fps: float = field(
-        default=10.0, metadata=_meta("Chunk step rate; must equal the dataset fps.", gt=0.0)
+        default=10.0,
+        metadata=_meta("Chunk step rate; must equal the dataset fps.", "Hz", gt=0.0, le=1000.0),
     )
     n_action_steps: int = field(
-        default=10, metadata=_meta("Request a new chunk every this many chunk steps.", ge=1)
+        default=10,
+        metadata=_meta("Request a new chunk every this many chunk steps.", ge=1, le=1000),
     )
     min_horizon_s: float = field(
-        default=0.5, metadata=_meta("Request early when less than this is buffered.", ge=0.0)
+        default=0.5,
+        metadata=_meta("Request early when less than this is buffered.", "s", ge=0.0, le=60.0),
     )
     merge_mode: str = field(
-        default="weighted_average", metadata=_meta(f"One of {', '.join(MERGE_MODES)}.")
+        default="weighted_average",
+        metadata=_meta(f"One of {', '.join(MERGE_MODES)}.", choices=MERGE_MODES),
     )
     old_weight: float = field(
-        default=0.3, metadata=_meta("weighted_average: weight of the old chunk.", ge=0.0, le=1.0)
+        default=0.3,
+        metadata=_meta("weighted_average: weight of the old chunk.", ge=0.0, le=1.0),
     )
     ensemble_decay: float = field(
-        default=0.01, metadata=_meta("temporal_ensemble: w_i = exp(-decay * i).", ge=0.0)
+        default=0.01,
+        metadata=_meta("temporal_ensemble: w_i = exp(-decay * i).", ge=0.0, le=100.0),
     )
     latency_init_s: float = field(
         default=0.1,
         metadata=_meta(
             "Initial latency estimate when no warm-up was measured (the node starts from the"
             " warm-up chunk's time).",
+            "s",
             ge=0.0,
+            le=60.0,
         ),
     )
     latency_window: int = field(
-        default=20, metadata=_meta("Latency estimate: window of recent chunks.", ge=1)
+        default=20,
+        metadata=_meta("Latency estimate: window of recent chunks.", ge=1, le=10000),
     )
-
-    def __post_init__(self) -> None:
-        _check(
-            self.merge_mode in MERGE_MODES,
-            f"scheduler.merge_mode={self.merge_mode!r}; choose one of {MERGE_MODES}.",
-        )
 
     @property
     def step_s(self) -> float:
@@ -311,21 +536,42 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
-class SafetyConfig:
+class SafetyConfig(_Validated):
+    SECTION: ClassVar[str] = "safety"
+
     ramp_time_s: float = field(
-        default=2.0, metadata=_meta("Ramp from the measured pose at start/resume.", ge=0.0)
+        default=2.0,
+        metadata=_meta("Ramp from the measured pose at start/resume.", "s", ge=0.0, le=60.0),
     )
     velocity_scale: float = field(
-        default=1.0, metadata=_meta("Scales robot.max_velocity.", gt=0.0, le=10.0)
+        default=1.0,
+        metadata=_meta(
+            "Scales robot.max_velocity (the product stays within robot.velocity_limits).",
+            gt=0.0,
+            le=10.0,
+        ),
     )
     limit_margin: float = field(
-        default=0.0, metadata=_meta("Keep this far (rad) inside the joint limits.", ge=0.0)
+        default=0.0,
+        metadata=_meta("Keep this far inside the joint limits.", "rad", ge=0.0, le=0.5),
+    )
+    max_start_error: float = field(
+        default=0.05,
+        metadata=_meta(
+            "Enable is refused (or faults) when the measured pose is further than this outside"
+            " the limits; within it the start is clamped.",
+            "rad",
+            ge=0.0,
+            le=0.5,
+        ),
     )
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(_Validated):
     """Everything the node, replay and training need; one YAML file."""
+
+    SECTION: ClassVar[str] = ""
 
     robot: RobotConfig = field(default_factory=RobotConfig)
     inputs: InputsConfig = field(default_factory=InputsConfig)
@@ -333,12 +579,14 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
-    dry_run: bool = field(default=False, metadata=_meta("Compute but publish only ~/action."))
+    dry_run: bool = field(
+        default=False, metadata=_meta("Compute but publish only ~/action.", runtime=True)
+    )
     start_enabled: bool = field(
         default=False, metadata=_meta("Start enabled (default: wait for ~/enable).")
     )
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         d = self.robot.dim
         self.inputs.arm.validate("inputs.arm", d)
         self.inputs.gripper.validate("inputs.gripper", d)
@@ -358,6 +606,21 @@ class Config:
             f"outputs.gripper_names has {len(self.outputs.gripper_names)} names for"
             f" {len(self.robot.gripper_indices)} grippers.",
         )
+        scale = self.safety.velocity_scale
+        for i, (v, cap) in enumerate(zip(self.robot.max_velocity, self.robot.velocity_limits)):
+            _check(
+                v * scale <= cap,
+                f"safety.velocity_scale={scale:g} x robot.max_velocity[{i}]={v:g} = {v * scale:g}"
+                f" must be <= robot.velocity_limits[{i}]={cap:g} rad/s"
+                f" ({self.robot.joint_names[i]}'s own limit).",
+            )
+        m = self.safety.limit_margin
+        for i, (lo, hi) in enumerate(zip(self.robot.lower, self.robot.upper)):
+            _check(
+                lo + m < hi - m,
+                f"safety.limit_margin={m:g} leaves no room for {self.robot.joint_names[i]}"
+                f" (limits {lo:g}..{hi:g}): use a margin below half the joint range.",
+            )
 
 
 def command_sources(cfg: Config) -> tuple[SourceConfig, SourceConfig]:
@@ -431,21 +694,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _check_bounds(cls: type, obj: Any, prefix: str) -> None:
-    for f in fields(cls):
-        v = getattr(obj, f.name)
-        where = f"{prefix}{f.name}"
-        m = f.metadata
-        if "gt" in m:
-            _check(v > m["gt"], f"{where}={v} must be > {m['gt']}.")
-        if "ge" in m:
-            _check(v >= m["ge"], f"{where}={v} must be >= {m['ge']}.")
-        if "le" in m:
-            _check(v <= m["le"], f"{where}={v} must be <= {m['le']}.")
+def from_dict(cls: type, data: dict[str, Any], where: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys are errors (typos are common).
 
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested dict; unknown keys are errors (typos are common)."""
+    Keys not given keep the value of ``base`` (default: ``cls()``), so a nested section only
+    needs what differs: ``inputs.arm.topic`` alone keeps the default arm source's names and dims.
+    """
     hints = _field_types(cls)
     names = {f.name for f in fields(cls)}
     prefix = f"{where}." if where else ""
@@ -454,10 +708,19 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
         raise ConfigError(
             f"unknown key(s) {', '.join(prefix + u for u in unknown)}; known: {sorted(names)}."
         )
-    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    obj = cls(**kwargs)
-    _check_bounds(cls, obj, prefix)
-    return obj
+    base = cls() if base is None else base
+    kwargs = {}
+    for k, v in data.items():
+        if _is_dataclass_type(hints[k]):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{prefix + k} must be a mapping, got {type(v).__name__}.")
+            kwargs[k] = from_dict(hints[k], v, prefix + k, base=getattr(base, k))
+        else:
+            kwargs[k] = _coerce(v, hints[k], prefix + k)
+    try:
+        return dataclasses.replace(base, **kwargs)
+    except FieldError as exc:  # name the field by its YAML path (a SourceConfig sits in two)
+        raise exc.at(where) from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -496,11 +759,37 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parameter_specs() -> list[tuple[str, Any, str, dict[str, Any], type]]:
-    """(dotted name, default, description, bounds, element type) for every leaf: what the node
-    declares. The element type is the field's type, or its items' type for lists (so an empty
-    list default still declares a typed ROS parameter)."""
-    specs: list[tuple[str, Any, str, dict[str, Any], type]] = []
+@dataclass(frozen=True)
+class ParamSpec:
+    """One leaf of the config as a ROS parameter (generated from the dataclass field)."""
+
+    name: str  # dotted, e.g. "scheduler.action_fps"
+    default: Any  # lists for tuples
+    description: str
+    unit: str
+    bounds: dict[str, float]
+    elem: type  # the field's type, or its items' type for lists
+    runtime: bool  # may change while the node runs; everything else is read-only
+    choices: tuple[str, ...]
+
+    @property
+    def is_list(self) -> bool:
+        return isinstance(self.default, list)
+
+    def full_description(self) -> str:
+        """Description, unit, bounds and choices in one line (ROS descriptor, README, launch)."""
+        extra = [f"unit {self.unit}"] if self.unit else []
+        if self.bounds:
+            extra.append(("each " if self.is_list else "") + describe_bounds(self.bounds))
+        if self.choices and not self.description.startswith("One of"):
+            extra.append("one of " + ", ".join(self.choices))
+        return self.description + (f" [{'; '.join(extra)}]" if extra else "")
+
+
+def parameter_fields() -> list[ParamSpec]:
+    """Every leaf of ``Config`` as a ``ParamSpec``, in declaration order: what the node declares,
+    what the launch file and the README's parameter table are checked against."""
+    specs: list[ParamSpec] = []
 
     def walk(cls: type, obj: Any, prefix: str) -> None:
         hints = _field_types(cls)
@@ -509,15 +798,45 @@ def parameter_specs() -> list[tuple[str, Any, str, dict[str, Any], type]]:
             if _is_dataclass_type(hints[f.name]):
                 walk(hints[f.name], v, f"{prefix}{f.name}.")
                 continue
-            desc = f.metadata.get("description", "")
-            bounds = {k: f.metadata[k] for k in ("gt", "ge", "le") if k in f.metadata}
-            default = list(v) if isinstance(v, tuple) else v
             hint = hints[f.name]
             elem = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
-            specs.append((prefix + f.name, default, desc, bounds, elem))
+            specs.append(
+                ParamSpec(
+                    name=prefix + f.name,
+                    default=list(v) if isinstance(v, tuple) else v,
+                    description=f.metadata.get("description", ""),
+                    unit=f.metadata.get("unit", ""),
+                    bounds=bounds_of(f),
+                    elem=elem,
+                    runtime=bool(f.metadata.get("runtime", False)),
+                    choices=tuple(f.metadata.get("choices", ())),
+                )
+            )
 
     walk(Config, Config(), "")
     return specs
+
+
+def parameter_specs() -> list[tuple[str, Any, str, dict[str, Any], type]]:
+    """(dotted name, default, description, bounds, element type) per leaf (older form of
+    :func:`parameter_fields`)."""
+    return [(p.name, p.default, p.description, p.bounds, p.elem) for p in parameter_fields()]
+
+
+def migrate_deprecated(flat: dict[str, Any], warn: Any = None) -> dict[str, Any]:
+    """Move deprecated dotted keys (``DEPRECATED_KEYS``) to their new names, one warning line
+    each; both given with different values is an error."""
+    warn = warn or _log.warning
+    out = dict(flat)
+    for old, new in DEPRECATED_KEYS.items():
+        if old not in out:
+            continue
+        value = out.pop(old)
+        if new in out and out[new] != value:
+            raise ConfigError(f"{old}={value!r} and {new}={out[new]!r} disagree: set only {new}.")
+        out[new] = value
+        warn(f"{old} is deprecated: use {new} (same meaning).")
+    return out
 
 
 def _ros_section(raw: dict[str, Any], path: str) -> dict[str, Any]:
@@ -536,7 +855,9 @@ def _ros_section(raw: dict[str, Any], path: str) -> dict[str, Any]:
 def load_config(
     path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
 ) -> Config:
-    """Load and validate the YAML config; ``overrides`` are dotted keys (``policy.device``)."""
+    """Load and validate the YAML config (any ROS params file top key: ``/**``, the node's
+    name, or a bare mapping); ``overrides`` are dotted keys (``policy.device``). No file: the
+    dataclass defaults, which are also what the shipped default YAML amounts to."""
     data: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -547,13 +868,10 @@ def load_config(
         except yaml.YAMLError as exc:
             raise ConfigError(f"{p} is not valid YAML: {exc}") from None
         data = _ros_section(raw, str(p))
-        if any("." in k for k in data):
-            data = unflatten(flatten(data))
+    flat = migrate_deprecated(flatten(data))
     if overrides:
-        flat = flatten(data)
-        flat.update(overrides)
-        data = unflatten(flat)
-    return from_dict(Config, data)
+        flat.update(migrate_deprecated(dict(overrides)))
+    return from_dict(Config, unflatten(flat))
 
 
 def default_config_path(name: str = "kuavo_smolvla.yaml") -> Path:

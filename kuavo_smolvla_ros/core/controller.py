@@ -83,7 +83,7 @@ class PolicyController:
         self.cfg = cfg
         self.buffer = ObservationBuffer(cfg)
         self.scheduler = ChunkScheduler(cfg.scheduler, cfg.robot.dim)
-        self.safety = SafetyFilter(cfg.robot, cfg.safety, cfg.scheduler.publish_rate_hz)
+        self.safety = SafetyFilter(cfg.robot, cfg.safety, cfg.outputs.publish_rate_hz)
         self.counters = Counters()
         self.rtc = cfg.scheduler.merge_mode == "rtc"
         self._lock = threading.Lock()

@@ -28,11 +28,11 @@ setup(
     entry_points={
         "console_scripts": [
             "policy_node = kuavo_smolvla_ros.ros.node:main",
-            "replay = kuavo_smolvla_ros.replay.tool:main",
-            "kuavo-smolvla-replay = kuavo_smolvla_ros.replay.tool:main",
+            "replay = kuavo_smolvla_ros.replay.cli:main",
+            "kuavo-smolvla-replay = kuavo_smolvla_ros.replay.cli:main",
             "kuavo-smolvla-make-demo-model = kuavo_smolvla_ros.demo.model:main",
             "kuavo-smolvla-make-demo-bag = kuavo_smolvla_ros.demo.bag:main",
-            "kuavo-smolvla-train = kuavo_smolvla_ros.training.cli:main",
+            "kuavo-smolvla-train = kuavo_smolvla_ros.training.train:main",
             "kuavo-smolvla-convert = kuavo_smolvla_ros.training.convert:main",
         ],
     },

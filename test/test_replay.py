@@ -18,16 +18,11 @@ from kuavo_smolvla_ros.bag.io import open_bag, typestore_for, write_bag
 from kuavo_smolvla_ros.core import metrics
 from kuavo_smolvla_ros.core.config import Config, default_config_path, load_config
 from kuavo_smolvla_ros.demo.bag import demo_messages, make_demo_bag
-from kuavo_smolvla_ros.replay.tool import (
-    ReplayError,
-    live_timeline,
-    main,
-    make_report,
-    replay_live,
-    replay_offline,
-    timeline_from_dir,
-    write_report,
-)
+from kuavo_smolvla_ros.replay.cli import main
+from kuavo_smolvla_ros.replay.live import replay_live
+from kuavo_smolvla_ros.replay.offline import live_timeline, replay_offline, timeline_from_dir
+from kuavo_smolvla_ros.replay.plan import ReplayError
+from kuavo_smolvla_ros.replay.report import make_report, write_report
 
 W, H = 96, 72  # small camera frames keep the bags and the decoding cheap
 SECONDS = 3.0
@@ -275,7 +270,7 @@ def test_live_and_offline_modes_agree_on_the_commanded_trajectory(
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "kuavo_smolvla_ros.replay.tool", *args],
+        [sys.executable, "-m", "kuavo_smolvla_ros.replay.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -32,15 +32,10 @@ from typing import Any
 
 from kuavo_smolvla_ros.bag.io import BagError
 from kuavo_smolvla_ros.core.config import Config, ConfigError, default_config_path, load_config
-from kuavo_smolvla_ros.replay.tool import (
-    ReplayError,
-    ReplayResult,
-    make_report,
-    print_report,
-    replay_live,
-    replay_offline,
-    write_report,
-)
+from kuavo_smolvla_ros.replay.live import replay_live
+from kuavo_smolvla_ros.replay.offline import replay_offline
+from kuavo_smolvla_ros.replay.plan import ReplayError, ReplayResult
+from kuavo_smolvla_ros.replay.report import make_report, print_report, write_report
 
 PROG = "kuavo_smolvla_ros.demo.pipeline"
 DEFAULT_STEPS = 300
@@ -64,8 +59,8 @@ def _offline(checkpoint: Path, bag: Path, cfg: Config) -> tuple[ReplayResult, di
 def _finetune(model: Path, bag: Path, out: Path, cfg: Config, steps: int, lr: float) -> Path | None:
     """The fine-tuned checkpoint (trained now, or reused), or None if training is unavailable."""
     try:
-        from kuavo_smolvla_ros.training import TrainOptions, finetune
         from kuavo_smolvla_ros.training.convert import convert_bags
+        from kuavo_smolvla_ros.training.train import TrainOptions, finetune
     except ImportError as exc:  # the fine-tuning modules are optional for the demo
         _say(f"fine-tuning is not available here ({exc}); replaying the untrained model")
         return None

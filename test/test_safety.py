@@ -185,3 +185,72 @@ def test_ramp_starts_at_the_measured_pose_and_reaches_the_target(measured, targe
     for i in range(1, 701):  # 7 s: ramp plus the slowest full-range move at 1 rad/s
         cmd = f.filter(target, 10.0 + i / RATE)
     np.testing.assert_allclose(cmd, np.clip(target, LOWER, UPPER), atol=1e-12)
+
+
+# --- the command gate: the invariant right before publishing --------------------------------
+from kuavo_smolvla_ros.core.safety import (  # noqa: E402
+    CommandGate,
+    invariant_violations,
+    start_error,
+)
+
+
+def test_the_gate_holds_any_stream_to_the_limits_and_the_step_cap_from_the_last_admitted():
+    gate = CommandGate(LOWER, UPPER, VMAX, 2 / RATE)
+    assert gate.admit(None, 0.0) is None  # nothing to hold yet
+    first = gate.admit(UPPER + 1.0, 0.0)
+    np.testing.assert_array_equal(first, UPPER)  # the first only clamped
+    nxt = gate.admit(LOWER, 0.5)  # a late tick: dt capped at two ticks
+    np.testing.assert_allclose(UPPER - nxt, VMAX * 2 / RATE)
+    again = gate.admit(LOWER, 0.5)  # same time: no movement at all
+    np.testing.assert_array_equal(again, nxt)
+    held = gate.admit(np.full(DIM, np.nan), 0.51)
+    np.testing.assert_array_equal(held, nxt)
+    assert gate.cut == 3
+    gate.forget()
+    np.testing.assert_array_equal(gate.admit(MID, 1.0), MID)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(TARGET, GAP), min_size=1, max_size=40))
+def test_every_stream_the_gate_admits_passes_the_invariant_check(stream):
+    gate = CommandGate(LOWER, UPPER, VMAX, 2 / RATE)
+    t, times, cmds = 0.0, [], []
+    for target, gap in stream:
+        t += gap
+        out = gate.admit(target, t)
+        if out is not None:
+            times.append(t)
+            cmds.append(out)
+    if cmds:
+        assert invariant_violations(np.array(cmds), np.array(times), LOWER, UPPER, VMAX, 0.02) == []
+
+
+def test_the_invariant_check_reports_a_jump_and_a_command_outside_the_limits():
+    cmds = np.array([MID, MID + 0.5, UPPER + 0.1])
+    bad = invariant_violations(cmds, np.array([0.0, 0.01, 0.02]), LOWER, UPPER, VMAX, 0.02)
+    assert any("moved" in b for b in bad) and any("outside the limits" in b for b in bad)
+    fresh = np.array([False, True, False])
+    bad = invariant_violations(
+        cmds[:2], np.array([0.0, 5.0]), LOWER, UPPER, VMAX, 0.02, restarts=fresh[:2]
+    )
+    assert bad == []
+
+
+def test_start_error_names_the_joint_and_accepts_the_tolerance():
+    pose = MID.copy()
+    pose[3] = 0.2  # zarm_l4_joint, upper limit 0.0
+    why = start_error(pose, LOWER, UPPER, 0.05, ROBOT.joint_names)
+    assert why is not None and "zarm_l4_joint" in why and "0.200" in why and "above" in why
+    pose[3] = 0.04
+    assert start_error(pose, LOWER, UPPER, 0.05, ROBOT.joint_names) is None
+
+
+def test_restart_ramp_starts_from_the_last_command_not_the_measured_pose():
+    f = make(ramp_time_s=1.0)
+    f.start_ramp(MID, 0.0)
+    for i in range(1, 100):
+        last = f.filter(np.clip(MID + 1.0, LOWER, UPPER), i * 0.01)
+    f.start_ramp(LOWER, 1.0)  # already commanding: the measured pose is ignored
+    nxt = f.filter(np.clip(MID + 1.0, LOWER, UPPER), 1.01)
+    assert np.all(np.abs(nxt - last) <= VMAX * 0.01 + 1e-12)

@@ -114,7 +114,7 @@ class _OfflineSim:
         self.runner = runner
         self.seed = seed
         self.latency = latency
-        self.period_ns = round(1e9 / cfg.scheduler.publish_rate_hz)
+        self.period_ns = round(1e9 / cfg.outputs.publish_rate_hz)
         self.ticks_ns = None if tick_times is None else _unique_ticks_ns(tick_times)
         self._k = 0
         self.next_tick_ns: int | None = None

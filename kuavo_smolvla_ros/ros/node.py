@@ -29,15 +29,8 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (
-    IntegerRange,
-    ParameterDescriptor,
-    SetParametersResult,
-)
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rclpy.qos import (
     DurabilityPolicy,
     QoSProfile,
@@ -52,52 +45,20 @@ from kuavo_smolvla_ros.core.config import (
     NODE_NAME,
     Config,
     ConfigError,
-    from_dict,
-    parameter_specs,
-    unflatten,
 )
 from kuavo_smolvla_ros.core.controller import InferenceRequest, PolicyController, split_command
 from kuavo_smolvla_ros.core.frames import FrameDecoder
 from kuavo_smolvla_ros.core.observation import ObservationError, SourceExtractor
 from kuavo_smolvla_ros.ros.messages import import_message
+from kuavo_smolvla_ros.ros.parameters import ConfigParameters
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
 )
-ARRAY_TYPES = {
-    str: Parameter.Type.STRING_ARRAY,
-    int: Parameter.Type.INTEGER_ARRAY,
-    float: Parameter.Type.DOUBLE_ARRAY,
-    bool: Parameter.Type.BOOL_ARRAY,
-}
-# Top-level shortcuts for the most used parameters (``-p checkpoint:=...``).
-ALIASES = {"checkpoint": "policy.checkpoint", "device": "policy.device", "task": "policy.task"}
-# Changing these while running is safe; everything else needs a restart.
-RUNTIME_PARAMETERS = {"policy.task", "task", "dry_run"}
 # ~/chunk_timing: one message per accepted chunk (replay and benchmarks read latencies from it).
 CHUNK_TIMING_FIELDS = ("t_obs", "t_arrival", "skipped_steps", "inference_s")
 TICK_LOG_ENV = "KUAVO_SMOLVLA_TICK_LOG"
-
-
-def _descriptor(name: str, default: Any, description: str, bounds: dict) -> ParameterDescriptor:
-    """A ROS parameter descriptor from the config field's metadata.
-
-    Float parameters accept integers too (``-p scheduler.publish_rate_hz:=50``); their bounds
-    are checked by the config with a message that names the field.
-    """
-    limits = ", ".join(f"{k} {v}" for k, v in bounds.items())
-    d = ParameterDescriptor(
-        name=name,
-        description=description + (f" ({limits})" if limits else ""),
-        read_only=name not in RUNTIME_PARAMETERS,
-    )
-    if isinstance(default, float):
-        d.dynamic_typing = True
-    elif isinstance(default, int) and not isinstance(default, bool) and "ge" in bounds:
-        hi = bounds.get("le", 2**31 - 1)
-        d.integer_range = [IntegerRange(from_value=int(bounds["ge"]), to_value=int(hi), step=1)]
-    return d
 
 
 class PolicyNode(Node):
@@ -105,7 +66,9 @@ class PolicyNode(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self.cfg = self._declare_and_read_parameters()
+        # Parameters (descriptors, read-only flags, runtime validation): ros/parameters.py.
+        self.params = ConfigParameters(self)
+        self.cfg = self.params.config
         self.runner = self._load_runner()
         self.controller = PolicyController(self._with_measured_latency(self.cfg))
         self._requests: queue.Queue[InferenceRequest | None] = queue.Queue(maxsize=1)
@@ -124,58 +87,28 @@ class PolicyNode(Node):
         self._make_subscriptions()
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.params.watch(self._on_parameters_changed)
         self._worker = threading.Thread(target=self._work, name="smolvla-inference", daemon=True)
         self._worker.start()
-        self.create_timer(1.0 / self.cfg.scheduler.publish_rate_hz, self._on_tick)
+        self.create_timer(1.0 / self.cfg.outputs.publish_rate_hz, self._on_tick)
         self.create_timer(1.0, self._publish_diagnostics)
         self.get_logger().info(
             f"ready: {self.cfg.robot.name}, {self.cfg.robot.dim}-D, chunk {self.runner.chunk_size}"
             f" at {self.cfg.scheduler.action_fps:g} fps, commands at"
-            f" {self.cfg.scheduler.publish_rate_hz:g} Hz, merge {self.cfg.scheduler.merge_mode},"
+            f" {self.cfg.outputs.publish_rate_hz:g} Hz, merge {self.cfg.scheduler.merge_mode},"
             f" {'dry run, ' if self._dry_run else ''}"
             f"{'enabled' if self.controller.enabled else 'disabled: call ~/enable'}"
         )
 
     # -- parameters ---------------------------------------------------------------------------
-    def _declare_and_read_parameters(self) -> Config:
-        specs = parameter_specs()
-        for name, default, desc, bounds, elem in specs:
-            descriptor = _descriptor(name, default, desc, bounds)
-            if isinstance(default, list) and not default:
-                # An empty default cannot tell ROS its type: declare the array type explicitly.
-                self.declare_parameter(name, ARRAY_TYPES[elem], descriptor)
-            else:
-                self.declare_parameter(name, default, descriptor)
-        for alias, target in ALIASES.items():
-            self.declare_parameter(
-                alias, "", ParameterDescriptor(description=f"Shortcut for {target} (if not empty).")
-            )
-        flat = {name: self._value_or(name, default) for name, default, *_ in specs}
-        for alias, target in ALIASES.items():
-            value = self.get_parameter(alias).value
-            if value:
-                flat[target] = value
-        # ROS stores an empty list parameter as a string array or byte array: make them tuples.
-        flat = {
-            k: (list(v) if isinstance(v, (list, tuple, np.ndarray)) else v) for k, v in flat.items()
-        }
-        return from_dict(Config, unflatten(flat))
-
-    def _value_or(self, name: str, default: Any) -> Any:
-        try:
-            return self.get_parameter(name).value
-        except ParameterUninitializedException:  # a typed empty list nobody set
-            return default
-
-    def _on_set_parameters(self, params: list) -> SetParametersResult:
-        for p in params:
-            if p.name in ("task", "policy.task"):
-                self.controller.buffer.set_task(str(p.value))
-                self.get_logger().info(f"task set to {p.value!r}")
-            elif p.name == "dry_run":
-                self._dry_run = bool(p.value)
-        return SetParametersResult(successful=True)
+    def _on_parameters_changed(self, changes: dict[str, Any]) -> None:
+        """Runtime changes, already validated by ``ConfigParameters`` (aliases resolved)."""
+        for name, value in changes.items():
+            if name == "policy.task":
+                self.controller.buffer.set_task(str(value))
+                self.get_logger().info(f"task set to {value!r}")
+            elif name == "dry_run":
+                self._dry_run = bool(value)
 
     def _with_measured_latency(self, cfg: Config) -> Config:
         """Start the latency estimate from the warm-up chunk's measured time (12 ms on an H100

@@ -32,7 +32,7 @@ setup(
             "kuavo-smolvla-replay = kuavo_smolvla_ros.replay.cli:main",
             "kuavo-smolvla-make-demo-model = kuavo_smolvla_ros.demo.model:main",
             "kuavo-smolvla-make-demo-bag = kuavo_smolvla_ros.demo.bag:main",
-            "kuavo-smolvla-train = kuavo_smolvla_ros.training.train:main",
+            "kuavo-smolvla-train = kuavo_smolvla_ros.training.cli:main",
             "kuavo-smolvla-convert = kuavo_smolvla_ros.training.convert:main",
         ],
     },

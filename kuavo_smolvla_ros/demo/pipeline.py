@@ -59,8 +59,8 @@ def _offline(checkpoint: Path, bag: Path, cfg: Config) -> tuple[ReplayResult, di
 def _finetune(model: Path, bag: Path, out: Path, cfg: Config, steps: int, lr: float) -> Path | None:
     """The fine-tuned checkpoint (trained now, or reused), or None if training is unavailable."""
     try:
+        from kuavo_smolvla_ros.training import TrainOptions, finetune
         from kuavo_smolvla_ros.training.convert import convert_bags
-        from kuavo_smolvla_ros.training.train import TrainOptions, finetune
     except ImportError as exc:  # the fine-tuning modules are optional for the demo
         _say(f"fine-tuning is not available here ({exc}); replaying the untrained model")
         return None

@@ -1,8 +1,9 @@
-"""The GPU fast path's code, checked on the CPU against LeRobot on a real (tiny) SmolVLA.
+"""The fast path's code, checked on the CPU against LeRobot on a real (tiny) SmolVLA.
 
-CI has no GPU: what runs here is the fast path's tensor code in float32 (no CUDA graphs), its
-host side through the runner, the Triton kernels under Triton's CPU interpreter, and the
-device rules. The GPU numbers come from ``benchmarks/inference.py`` (docs/benchmarks.md).
+CI has no GPU: what runs here is the fast engine's tensor code in float32 (no CUDA graphs), its
+host side through ``FastRunner``, the Triton kernels under Triton's CPU interpreter, and the
+device rules. The CPU default's choice (float32 fast path when it matches LeRobot at warm-up)
+is in test_runners.py. Numbers come from ``benchmarks/inference.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -13,17 +14,15 @@ import torch
 
 from kuavo_smolvla_ros import load_policy
 from kuavo_smolvla_ros.core.config import Config, PolicyConfig
-from kuavo_smolvla_ros.runners.eager import example_inputs
-from kuavo_smolvla_ros.runners.fast import (
+from kuavo_smolvla_ros.runners.eager import PolicyRunner, example_inputs
+from kuavo_smolvla_ros.runners.fast import FastPathError, FastRunner, fast_path_plan
+from kuavo_smolvla_ros.runners.fast_engine import (
     FLOAT32_MODULES,
-    FastPath,
-    FastPathError,
     SmolVLAEngine,
     StaticInputs,
     to_mixed_precision,
     triton_available,
     unsupported_reasons,
-    use_fast_path,
 )
 
 pytestmark = pytest.mark.slow
@@ -121,8 +120,8 @@ def test_rtc_guidance_in_closed_form_equals_lerobots_autograd_guidance(tiny_chec
 
 def test_fast_path_through_the_runner_matches_the_eager_runner_plain_and_rtc(tiny_checkpoint):
     eager = load_policy(tiny_checkpoint, device="cpu", warmup=False, rtc=True)
-    fast = load_policy(tiny_checkpoint, device="cpu", warmup=False, rtc=True)
-    fast.fast_path = FastPath(fast, dtype=torch.float32, cuda_graphs=False, triton=False)
+    assert isinstance(eager, PolicyRunner)
+    fast = FastRunner(eager.parts, dtype=torch.float32, cuda_graphs=False, triton=False)
     state, images = example_inputs(eager, seed=2)
     state = state + 0.1
     leftover = np.random.default_rng(4).uniform(-0.5, 0.5, (23, 16))
@@ -144,7 +143,7 @@ def test_fast_path_through_the_runner_matches_the_eager_runner_plain_and_rtc(tin
 
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 def test_fused_triton_kernels_equal_the_torch_ops_they_replace(tiny_checkpoint, monkeypatch):
-    from kuavo_smolvla_ros.runners import fast as fast_path
+    from kuavo_smolvla_ros.runners import fast_engine as fast_path
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # Triton's CPU interpreter
     monkeypatch.setattr(fast_path, "_TRITON", {})
@@ -172,11 +171,14 @@ def test_fused_triton_kernels_equal_the_torch_ops_they_replace(tiny_checkpoint, 
     assert (outs[1][1][:, :2] == 9.0).all() and (outs[1][1][:, 2 + n :] == 9.0).all()
 
 
-def test_auto_is_off_on_cpu_and_on_without_cuda_is_a_clear_error(tiny_checkpoint):
+def test_auto_is_checked_float32_on_cpu_and_on_without_cuda_is_a_clear_error(tiny_checkpoint):
+    # No warm-up chunk, nothing to check the float32 fast path against: LeRobot eager.
     runner = load_policy(tiny_checkpoint, device="cpu", warmup=False, fast_path="auto")
-    assert runner.fast_path is None
-    assert use_fast_path("auto", "cpu") is False
-    assert use_fast_path("off", "cuda") is False
+    assert isinstance(runner, PolicyRunner)
+    assert fast_path_plan("auto", "cpu") == "cpu"
+    assert fast_path_plan("auto", "cuda") == "cuda"
+    assert fast_path_plan("auto", "mps") == "off"
+    assert fast_path_plan("off", "cuda") == "off"
     with pytest.raises(FastPathError, match="needs a CUDA device"):
         load_policy(tiny_checkpoint, device="cpu", warmup=False, fast_path="on")
     cfg = Config(policy=PolicyConfig(fast_path="on"))  # the config's value is read too
@@ -196,10 +198,10 @@ def test_checkpoints_the_fast_path_cannot_serve_are_named(tiny_checkpoint):
     assert any("add_image_special_tokens" in r for r in reasons)
     assert any("empty cameras" in r for r in reasons)
     with pytest.raises(FastPathError, match="add_image_special_tokens"):
-        FastPath(runner, dtype=torch.float32, cuda_graphs=False)
+        FastRunner(runner.parts, dtype=torch.float32, cuda_graphs=False)
     runner.policy.config.add_image_special_tokens = False
     with pytest.raises(FastPathError, match="CUDA graphs need a CUDA device"):
-        FastPath(runner, dtype=torch.float32, cuda_graphs=True)
+        FastRunner(runner.parts, dtype=torch.float32, cuda_graphs=True)
 
 
 def test_bf16_weights_with_float32_projections_run_where_plain_bf16_fails(tiny_checkpoint):
@@ -219,8 +221,8 @@ def test_bf16_weights_with_float32_projections_run_where_plain_bf16_fails(tiny_c
         assert getattr(mixed.policy.model, name).weight.dtype == torch.float32
     assert mixed.policy.model.vlm_with_expert.lm_expert.norm.weight.dtype == torch.bfloat16
     lerobot_bf16 = mixed.predict_chunk(state, images, TASK, seed=1)  # LeRobot's own loop
-    mixed.fast_path = FastPath(mixed, dtype=torch.bfloat16, cuda_graphs=False, triton=False)
-    fast_bf16 = mixed.predict_chunk(state, images, TASK, seed=1)
+    fast = FastRunner(mixed.parts, dtype=torch.bfloat16, cuda_graphs=False, triton=False)
+    fast_bf16 = fast.predict_chunk(state, images, TASK, seed=1)
     for out in (lerobot_bf16, fast_bf16):
         assert np.all(np.isfinite(out))
         rel = np.linalg.norm(out - ref) / np.linalg.norm(ref)

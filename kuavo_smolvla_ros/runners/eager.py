@@ -1,18 +1,17 @@
-"""The policy runner: a SmolVLA checkpoint behind one small interface (openpi style).
+"""Loading a SmolVLA checkpoint in this process, and LeRobot's eager runner.
 
-``load_policy(checkpoint)`` -> ``PolicyRunner``; ``runner.predict_chunk(state, images, task)``
-takes the robot's 16-D state (rad, grippers 0..1), RGB uint8 images keyed by robot camera name
-and the task text, and returns a ``(chunk_size, 16)`` array in robot units. LeRobot stays the
-model definition and owns normalization (its saved pre/post processors, at 16-D); this module
-only validates dims up front, builds the batch and times the call. The node, the replay tool,
-training evaluation and users' scripts all go through it.
+``load_policy(checkpoint)`` checks every dimension rule, loads the policy and its saved pre/post
+processors (``parts.PolicyParts``) and returns a ``base.Runner``: ``PolicyRunner`` (LeRobot's
+``predict_action_chunk``, float32, as shipped) or ``fast.FastRunner`` (the fast engine on the
+same weights), as ``policy.fast_path`` and the device say. ``runner.predict_chunk(state,
+images, task)`` takes the robot's 16-D state (rad, grippers 0..1), RGB uint8 images keyed by
+robot camera name and the task text, and returns a ``(chunk_size, 16)`` array in robot units.
+LeRobot stays the model definition and owns normalization (its saved processors, at 16-D).
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,20 @@ import numpy as np
 
 from kuavo_smolvla_ros.core import dims
 from kuavo_smolvla_ros.core.config import Config
+from kuavo_smolvla_ros.runners.base import CheckpointError, FastPathError, Timing, check_inputs
+from kuavo_smolvla_ros.runners.parts import PartsRunner, PolicyParts
+
+__all__ = [  # CheckpointError is imported from here by the node, replay and training
+    "CheckpointError",
+    "PolicyRunner",
+    "example_inputs",
+    "load_parts",
+    "load_policy",
+    "pick_checked",
+    "warm_up",
+]
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """The checkpoint cannot be found, read or used; the message says why and what to do."""
 
 
 def resolve_device(device: str) -> str:
@@ -67,140 +74,58 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
         ) from None
 
 
-@dataclass
-class _Timing:
-    preprocess_s: float = 0.0
-    inference_s: float = 0.0
-    total_s: float = 0.0
+class PolicyRunner(PartsRunner):
+    """LeRobot's own ``predict_action_chunk`` behind the Runner interface (float32, eager).
 
-
-class PolicyRunner:
-    """SmolVLA + its saved processors for one robot profile.
-
-    Use ``load_policy`` to build one. Not thread-safe: one caller at a time (the node's worker).
+    Equals ``SmolVLAPolicy.predict_action_chunk`` + the saved post-processor bit for bit when
+    seeded the same way (test_policy). Use ``load_policy`` to build one. Not thread-safe: one
+    caller at a time (the node's worker).
     """
-
-    def __init__(
-        self,
-        policy: Any,
-        preprocessor: Any,
-        postprocessor: Any,
-        camera_features: dict[str, str],
-        robot_dim: int,
-        device: str,
-        checkpoint: Path,
-    ) -> None:
-        import torch
-
-        self.policy = policy
-        self.preprocessor = preprocessor
-        self.postprocessor = postprocessor
-        self.camera_features = camera_features
-        self.robot_dim = robot_dim
-        self.device = device
-        self.checkpoint = checkpoint
-        self.chunk_size = int(policy.config.chunk_size)
-        self.timing = _Timing()
-        self._torch = torch
-        self._normalizer = next(
-            (s for s in preprocessor.steps if type(s).__name__ == "NormalizerProcessorStep"), None
-        )
-        # fast_path.FastPath when load_policy turned it on (bf16 + CUDA graphs); same contract.
-        self.fast_path: Any = None
-
-    # -- the interface ------------------------------------------------------------------------
-    @property
-    def last_inference_s(self) -> float:
-        """Wall time of the last ``predict_chunk`` (preprocess + model + postprocess)."""
-        return self.timing.total_s
-
-    @property
-    def rtc_enabled(self) -> bool:
-        rtc = getattr(self.policy.config, "rtc_config", None)
-        return bool(rtc is not None and rtc.enabled)
-
-    def reset(self) -> None:
-        """New episode: clears the policy's internal queues."""
-        self.policy.reset()
 
     def predict_chunk(
         self,
         state: np.ndarray,
         images: dict[str, np.ndarray],
         task: str,
+        *,
         seed: int | None = None,
         inference_delay: int | None = None,
         prev_chunk_left_over: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One action chunk ``(chunk_size, robot_dim)`` in robot units.
+        """One chunk ``(chunk_size, robot_dim)`` in robot units (``base.Runner``).
 
         With ``seed``, torch's global generator is seeded right before LeRobot samples its
         flow-matching noise, so ``SmolVLAPolicy.predict_action_chunk`` seeded the same way gives
-        the same chunk. ``inference_delay`` / ``prev_chunk_left_over`` (robot units) are used
-        when the runner was loaded with RTC.
+        the same chunk. RTC's inputs are used when the runner was loaded with RTC.
         """
-        if self.fast_path is not None:
-            out = self.fast_path.predict_chunk(
-                state, images, task, seed, inference_delay, prev_chunk_left_over
-            )
-            self.timing = _Timing(*self.fast_path.last_timing)
-            return out
-        torch = self._torch
-        t0 = time.perf_counter()
-        batch = self.make_batch(state, images, task)
-        batch = self.preprocessor(batch)
+        import torch
+
+        p = self.parts
+        t0 = Timing.now()
+        batch = p.preprocessor(self.make_batch(state, images, task))
         kwargs: dict[str, Any] = {}
-        if self.rtc_enabled and prev_chunk_left_over is not None and len(prev_chunk_left_over):
+        if p.rtc_enabled and prev_chunk_left_over is not None and len(prev_chunk_left_over):
+            left = torch.as_tensor(np.asarray(prev_chunk_left_over, np.float32), device=p.device)
             kwargs["inference_delay"] = int(inference_delay or 0)
-            kwargs["prev_chunk_left_over"] = self._normalize_actions(prev_chunk_left_over)
-        t1 = time.perf_counter()
+            kwargs["prev_chunk_left_over"] = p.normalize_actions(left).unsqueeze(0)
+        t1 = Timing.now()
         if seed is not None:
             torch.manual_seed(int(seed))
-        actions = self.policy.predict_action_chunk(batch, **kwargs)
-        actions = self.postprocessor(actions)
-        out = actions.detach().to("cpu", torch.float64).numpy().reshape(-1, actions.shape[-1])
-        if out.shape != (self.chunk_size, self.robot_dim):
-            raise dims.DimensionError(
-                f"the policy returned a {out.shape} chunk, expected ({self.chunk_size},"
-                f" {self.robot_dim})."
-            )
-        t2 = time.perf_counter()
-        self.timing = _Timing(preprocess_s=t1 - t0, inference_s=t2 - t1, total_s=t2 - t0)
+        out = p.robot_chunk(p.policy.predict_action_chunk(batch, **kwargs))
+        self.timing = Timing.between(t0, t1, Timing.now())
         return out
 
-    # -- helpers ------------------------------------------------------------------------------
     def make_batch(self, state: np.ndarray, images: dict[str, np.ndarray], task: str) -> dict:
         """Robot-named numpy inputs -> LeRobot's unbatched observation dict (as its robots do)."""
-        torch = self._torch
-        state = np.asarray(state, dtype=np.float32).reshape(-1)
-        if state.shape[0] != self.robot_dim:
-            raise dims.DimensionError(
-                f"state has {state.shape[0]} values, the robot profile has {self.robot_dim}."
-            )
-        if not np.all(np.isfinite(state)):
-            raise ValueError("state contains NaN or Inf; refusing to run the policy on it.")
+        import torch
+
+        p = self.parts
+        state, frames = check_inputs(state, images, p.robot_dim, list(p.camera_features))
         batch: dict[str, Any] = {dims.STATE_KEY: torch.from_numpy(state)}
-        missing = sorted(set(self.camera_features) - set(images))
-        if missing:
-            raise ValueError(f"missing camera image(s) {missing}; have {sorted(images)}.")
-        for cam, feature in self.camera_features.items():
-            img = np.asarray(images[cam])
-            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise ValueError(
-                    f"camera {cam!r}: expected an RGB uint8 HxWx3 image, got {img.dtype}"
-                    f" {img.shape}."
-                )
-            batch[feature] = torch.tensor(img).permute(2, 0, 1).float() / 255
+        for cam, feature in p.camera_features.items():
+            batch[feature] = torch.tensor(frames[cam]).permute(2, 0, 1).float() / 255
         batch["task"] = task or ""
         return batch
-
-    def _normalize_actions(self, actions: np.ndarray) -> Any:
-        """Robot-unit actions -> the model's normalized action space (for RTC's leftover)."""
-        torch = self._torch
-        t = torch.as_tensor(np.asarray(actions, np.float32), device=self.device)
-        if self._normalizer is not None:
-            t = self._normalizer._normalize_action(t, inverse=False)
-        return t.unsqueeze(0)
 
 
 def bundled_vlm_dir(ckpt: Path) -> Path | None:
@@ -244,34 +169,18 @@ def processor_overrides(ckpt: Path, device: str) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def load_policy(
-    checkpoint: str | Path,
-    device: str = "cpu",
-    config: Config | None = None,
-    *,
-    rtc: bool | None = None,
-    warmup: bool | None = None,
-    fast_path: str | None = None,
-) -> PolicyRunner:
-    """Load a SmolVLA checkpoint (local dir or hub id) for the configured robot profile.
+def load_parts(
+    checkpoint: str | Path, device: str = "cpu", config: Config | None = None, rtc: bool = False
+) -> PolicyParts:
+    """A SmolVLA checkpoint (local dir or hub id) for the configured robot profile, loaded.
 
     Checks every dimension rule (``dims``) before building the model, keeps the checkpoint's
-    32-D width, loads its saved pre/post processors, and optionally runs one warm-up forward.
-    ``rtc`` defaults to ``config.scheduler.merge_mode == "rtc"``. ``fast_path`` (default
-    ``config.policy.fast_path``): ``auto`` = on for CUDA, off elsewhere; ``on`` needs CUDA;
-    see ``fast_path.py`` (bf16 + one CUDA graph per chunk, RTC included).
+    32-D width and loads its saved pre/post processors. ``device`` must be resolved already.
     """
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     cfg = config or Config()
-    rtc = cfg.scheduler.merge_mode == "rtc" if rtc is None else rtc
-    warmup = cfg.policy.warmup if warmup is None else warmup
-    fast_mode = cfg.policy.fast_path if fast_path is None else fast_path
-    device = resolve_device(device)
-    from kuavo_smolvla_ros.runners import fast as fp
-
-    fast = fp.use_fast_path(fast_mode, device)  # "on" without CUDA fails here, before loading
     ckpt = resolve_checkpoint(checkpoint)
     policy_cfg = read_policy_config(ckpt, device)
 
@@ -302,7 +211,7 @@ def load_policy(
     if norm is not None and norm.stats:
         dims.check_stats(norm.stats, cfg.robot.dim)
 
-    t0 = time.perf_counter()
+    t0 = Timing.now()
     try:
         policy = SmolVLAPolicy.from_pretrained(str(ckpt), config=policy_cfg)
     except RuntimeError as exc:
@@ -314,24 +223,94 @@ def load_policy(
             ) from None
         raise
     policy.eval()
-    log.info("loaded %s on %s in %.1f s", ckpt, device, time.perf_counter() - t0)
-    runner = PolicyRunner(policy, pre, post, camera_features, cfg.robot.dim, device, ckpt)
-    if fast:
+    log.info("loaded %s on %s in %.1f s", ckpt, device, Timing.now() - t0)
+    return PolicyParts(policy, pre, post, camera_features, cfg.robot.dim, device, ckpt)
+
+
+def load_policy(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    config: Config | None = None,
+    *,
+    rtc: bool | None = None,
+    warmup: bool | None = None,
+    fast_path: str | None = None,
+) -> PartsRunner:
+    """Load a SmolVLA checkpoint in this process; a ``base.Runner`` (see ``load_parts``).
+
+    ``rtc`` defaults to ``config.scheduler.merge_mode == "rtc"``, ``warmup`` (one forward pass
+    at load) to ``config.policy.warmup``. ``fast_path`` (default ``config.policy.fast_path``,
+    see ``fast.fast_path_plan``): ``auto`` = on CUDA the fast path (bf16 + CUDA graphs), on the
+    CPU its float32 code when it equals LeRobot within ``fast.CPU_MATCH_TOL`` on the warm-up
+    chunk (``pick_checked``; no warm-up, no check: eager); ``on`` needs CUDA; ``off``: eager.
+    """
+    from kuavo_smolvla_ros.runners import fast
+
+    cfg = config or Config()
+    rtc = cfg.scheduler.merge_mode == "rtc" if rtc is None else rtc
+    warmup = cfg.policy.warmup if warmup is None else warmup
+    mode = cfg.policy.fast_path if fast_path is None else fast_path
+    device = resolve_device(device)
+    plan = fast.fast_path_plan(mode, device)  # "on" without CUDA fails here, before loading
+    parts = load_parts(checkpoint, device, cfg, rtc)
+    runner: PartsRunner = PolicyRunner(parts)
+    t0 = Timing.now()
+    if plan == "cuda":
         try:
-            runner.fast_path = fp.FastPath(runner)
-        except fp.FastPathError as exc:
-            if fast_mode == "on":
+            runner = fast.FastRunner(parts)
+        except FastPathError as exc:
+            if mode == "on":
                 raise
             log.warning("fast path off, running LeRobot eagerly: %s", exc)
-    if warmup:
-        t0 = time.perf_counter()
+    if plan == "cpu" and warmup:  # both run the warm-up chunk
+        runner = pick_checked(runner, lambda: fast.FastRunner(parts), fast.CPU_MATCH_TOL)
+    elif warmup:
         warm_up(runner)
-        log.info("warm-up (and graph capture) in %.1f s", time.perf_counter() - t0)
+    if warmup:
+        log.info("warm-up (and graph capture) in %.1f s", Timing.now() - t0)
     return runner
 
 
+def pick_checked(
+    reference: PartsRunner, make_candidate: Any, tol: float, task: str = "warm up"
+) -> PartsRunner:
+    """``make_candidate()`` if its warm-up chunk equals ``reference``'s within ``tol`` (max abs
+    difference, robot units, same seed), else ``reference``; one log line either way.
+
+    Both run the warm-up chunk, so either comes back warm. A candidate that cannot be built or
+    fails on the warm-up chunk counts as a mismatch.
+    """
+    state, images = example_inputs(reference)
+    ref = reference.predict_chunk(state, images, task, seed=0)
+    reference.reset()
+    try:
+        candidate = make_candidate()
+        out = candidate.predict_chunk(state, images, task, seed=0)
+        candidate.reset()
+    except (FastPathError, RuntimeError, ValueError) as exc:
+        log.warning("fast path off, running LeRobot eagerly: %s: %s", type(exc).__name__, exc)
+        return reference
+    diff = float(np.max(np.abs(out - ref)))
+    if not diff <= tol:  # NaN too
+        log.warning(
+            "fast path off, running LeRobot eagerly: its warm-up chunk differs from LeRobot's by"
+            " %.2g (> %.0e)",
+            diff,
+            tol,
+        )
+        return reference
+    log.info(
+        "fast path on (%s): warm-up chunk within %.2g of LeRobot's, %.2f s vs %.2f s",
+        type(candidate).__name__,
+        diff,
+        candidate.last_inference_s,
+        reference.last_inference_s,
+    )
+    return candidate
+
+
 def example_inputs(
-    runner: PolicyRunner, height: int = 480, width: int = 640, seed: int = 0
+    runner: Any, height: int = 480, width: int = 640, seed: int = 0
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A plausible mid-range state and random camera images, for warm-up and tests."""
     rng = np.random.default_rng(seed)
@@ -343,7 +322,7 @@ def example_inputs(
     return state, images
 
 
-def warm_up(runner: PolicyRunner, task: str = "warm up") -> float:
+def warm_up(runner: Any, task: str = "warm up") -> float:
     """One forward pass so the first real request is not the slow one; returns its time."""
     state, images = example_inputs(runner)
     runner.predict_chunk(state, images, task, seed=0)

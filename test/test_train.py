@@ -119,7 +119,7 @@ def test_finetune_lowers_the_loss_and_saves_a_checkpoint_the_runner_loads(
     assert (ckpt.parent / "training_state" / "training_step.json").is_file()
 
     runner = load_policy(ckpt, warmup=False)
-    stats = runner._normalizer.stats
+    stats = runner.normalizer.stats
     assert stats["observation.state"]["mean"].shape[-1] == 16
     state, images = example_inputs(runner, height=64, width=64)
     assert runner.predict_chunk(state, images, "pick up the cube", seed=0).shape == (50, 16)
@@ -197,7 +197,7 @@ def test_two_stage_run_writes_both_checkpoints_and_a_per_task_validation_table(
         frames
     )
     runner = load_policy(out / "stage_2" / "checkpoints" / "last" / "pretrained_model")
-    mean = np.asarray(runner._normalizer.stats["observation.state"]["mean"])
+    mean = np.asarray(runner.normalizer.stats["observation.state"]["mean"])
     np.testing.assert_allclose(mean, both, rtol=1e-4, atol=1e-5)
     state, images = example_inputs(runner, height=64, width=64)
     assert runner.predict_chunk(state, images, "place it in the box").shape == (50, 16)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +118,8 @@ def test_load_errors_are_raised_by_the_constructor(tmp_path):
         ProcessRunner(tmp_path / "missing.ckpt", device="cpu")
 
 
-def test_a_dead_child_raises_then_a_new_one_starts(tiny_checkpoint, local):
+def test_a_dead_child_is_an_error_with_its_exit_code_until_restart(tiny_checkpoint, local):
+    """Never a silent restart: the node must see the death (issue 9) and decide."""
     state, images = _inputs(local)
     with ProcessRunner(tiny_checkpoint, device="cpu") as runner:
         old = runner.pid
@@ -125,10 +127,38 @@ def test_a_dead_child_raises_then_a_new_one_starts(tiny_checkpoint, local):
         deadline = time.monotonic() + 30
         while runner.alive and time.monotonic() < deadline:  # reaped, all threads gone
             time.sleep(0.05)
-        assert not runner.alive
-        got = runner.predict_chunk(state, images, "x", seed=4)  # restarts the child
+        assert not runner.alive and runner.exitcode == -9
+        for _ in range(2):  # stays an error, every time
+            with pytest.raises(InferenceProcessError, match="exited with code -9"):
+                runner.predict_chunk(state, images, "x", seed=4)
+        assert runner.restarts == 0
+        runner.restart()
+        got = runner.predict_chunk(state, images, "x", seed=4)
         assert runner.restarts == 1 and runner.pid != old and runner.alive
         np.testing.assert_array_equal(got, local.predict_chunk(state, images, "x", seed=4))
+
+
+def test_kill_frees_a_request_blocked_on_a_stopped_child(tiny_checkpoint, local):
+    import threading
+
+    state, images = _inputs(local)
+    with ProcessRunner(tiny_checkpoint, device="cpu") as runner:
+        os.kill(runner.pid, signal.SIGSTOP)
+        errors: list[Exception] = []
+
+        def call():
+            try:
+                runner.predict_chunk(state, images, "x")
+            except InferenceProcessError as exc:
+                errors.append(exc)
+
+        th = threading.Thread(target=call)
+        th.start()
+        th.join(1.0)
+        assert th.is_alive(), "a stopped child never answers"
+        runner.kill()
+        th.join(10.0)
+        assert not th.is_alive() and errors and "-9" in str(errors[0])
 
 
 def test_close_stops_the_child_and_later_calls_fail_clearly(tiny_checkpoint, local):
@@ -152,7 +182,24 @@ if __name__ == "__main__":
 """
 
 
-def test_the_child_dies_with_a_killed_parent(tiny_checkpoint, tmp_path):
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
+def test_the_child_and_its_resource_tracker_die_with_a_killed_parent(
+    tiny_checkpoint, tmp_path, stopped
+):
+    """PR_SET_PDEATHSIG reaches a stopped child too; the tracker follows on EOF."""
     script = tmp_path / "parent.py"
     script.write_text(CHILD_OF_A_KILLED_PARENT)
     parent = subprocess.Popen(
@@ -164,10 +211,15 @@ def test_the_child_dies_with_a_killed_parent(tiny_checkpoint, tmp_path):
             line = parent.stdout.readline()
             assert line, "the parent exited before its child was ready"
         child = int(line.split()[1])
+        family = _children(parent.pid)  # the child and multiprocessing's resource tracker
+        assert child in family
         assert not _gone(child, timeout=0.5)
+        if stopped:
+            os.kill(child, signal.SIGSTOP)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        assert _gone(child), "the inference process outlived its parent"
+        for pid in family:
+            assert _gone(pid, timeout=15), f"process {pid} outlived its parent"
     finally:
         parent.kill()
         parent.wait()

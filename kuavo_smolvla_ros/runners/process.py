@@ -22,12 +22,16 @@ How.
 - Errors: an exception in the child comes back as the same exception type when it is a builtin
   or one of this package's (``DimensionError``, ``CheckpointError``, ``ValueError``...), with the
   child's traceback as ``__cause__``; anything else becomes ``InferenceProcessError``. The child
-  keeps serving. A child that dies mid-request raises ``InferenceProcessError``; the next
-  request starts a new child.
+  keeps serving. A child that exits (mid-request or between requests) makes every later
+  ``predict_chunk`` raise ``InferenceProcessError`` with its exit code, never a silent restart:
+  the node faults, and ``restart()`` (its ``~/reset``) starts a new child.
 - Lifetime: the child is a daemon process (terminated at the parent's normal exit), exits on
-  pipe EOF, and polls its parent id so it also goes when the parent is killed mid-forward. It
-  ignores SIGINT (Ctrl-C reaches the whole process group; the parent decides). ``close()``
-  asks it to exit, then terminates / kills it.
+  pipe EOF, and asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), which
+  also reaches a stopped child, so a SIGKILLed node leaves no orphan; multiprocessing's resource
+  tracker, which holds a pipe the child shares, exits on EOF once the child is gone. It ignores
+  SIGINT (Ctrl-C reaches the whole process group; the parent decides). ``close()`` asks it to
+  exit, then terminates / kills it; a second Ctrl-C during ``close()`` is absorbed. ``kill()``
+  is the watchdog's way to free a worker blocked on a hung child.
 - ``reset()`` never blocks (the executor calls it): the policy reset is sent with the next
   request.
 """
@@ -54,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from kuavo_smolvla_ros.core.config import Config
+from kuavo_smolvla_ros.runners.base import Timing, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +82,7 @@ class RemoteTraceback(Exception):
         return str(self.args[0]) if self.args else ""
 
 
-@dataclass
-class ProcessTiming:
-    preprocess_s: float = 0.0
-    inference_s: float = 0.0
-    total_s: float = 0.0
+ProcessTiming = Timing  # the child's own timing of a chunk, as every runner reports it
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,20 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL from the kernel when the parent dies (Linux), even if this process is stopped."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before the request was in place
+        os._exit(0)
+
+
 def _setup_child(spec: _ChildSpec) -> None:
+    _die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(os, "sched_setscheduler"):  # explicit: never inherit a real-time policy
         policy = {"other": os.SCHED_OTHER, "batch": os.SCHED_BATCH, "idle": os.SCHED_IDLE}
@@ -176,11 +190,7 @@ def _setup_child(spec: _ChildSpec) -> None:
     threading.Thread(
         target=_watch_parent, args=(spec.parent_pid,), name="parent-watch", daemon=True
     ).start()
-    import torch
-
-    torch.set_num_threads(spec.torch_threads)
-    with contextlib.suppress(RuntimeError):  # only allowed before any inter-op work
-        torch.set_num_interop_threads(1)
+    set_torch_threads(spec.torch_threads, interop=1)
 
 
 def _serve(conn: Any, spec: _ChildSpec) -> None:
@@ -398,11 +408,40 @@ class ProcessRunner:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
 
+    @property
+    def exitcode(self) -> int | None:
+        """The child's exit code once it has exited (negative: killed by that signal)."""
+        return None if self._proc is None else self._proc.exitcode
+
+    def kill(self) -> None:
+        """SIGKILL the child now (works on a stopped child); a waiting request then raises."""
+        if self._proc is not None and self._proc.is_alive():
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+
+    def restart(self) -> None:
+        """A new child (the old one is stopped first); blocks while it loads the model."""
+        with self._lock:
+            if self._closed:
+                raise InferenceProcessError("restart on a closed ProcessRunner")
+            self._finalizer()
+            self.restarts += 1
+            self._start()
+
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the child (waits up to ``timeout`` per step: ask, terminate, kill)."""
+        """Stop the child (waits up to ``timeout`` per step: ask, terminate, kill).
+
+        A KeyboardInterrupt while waiting (the second Ctrl-C of ``ros2 launch``, which signals
+        the node twice) is absorbed: the child is killed and close returns normally.
+        """
         self._closed = True
         if self._proc is not None:
-            _stop_child(self._proc, self._conn, timeout)
+            try:
+                _stop_child(self._proc, self._conn, timeout)
+            except KeyboardInterrupt:
+                with contextlib.suppress(BaseException):
+                    self._proc.kill()
+                    self._proc.join(timeout)
             self._finalizer.detach()
         if self._shm is not None:
             with contextlib.suppress(BufferError):
@@ -431,20 +470,23 @@ class ProcessRunner:
         state: np.ndarray,
         images: dict[str, np.ndarray],
         task: str,
+        *,
         seed: int | None = None,
         inference_delay: int | None = None,
         prev_chunk_left_over: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One action chunk ``(chunk_size, robot_dim)``, computed by the child."""
+        """One action chunk ``(chunk_size, robot_dim)``, computed by the child (``base.Runner``)."""
         with self._lock:
             if self._closed:
                 raise InferenceProcessError("predict_chunk on a closed ProcessRunner")
             if not self._proc.is_alive():
+                self._proc.join(0.1)
                 code = self._proc.exitcode
-                log.warning("inference process exited (code %s); starting a new one", code)
-                self._finalizer()
-                self.restarts += 1
-                self._start()
+                raise InferenceProcessError(
+                    f"the inference process (pid {self._proc.pid}) exited with code {code}"
+                    f"{' (killed by the OOM killer?)' if code == -9 else ''};"
+                    " ~/reset starts a new one"
+                )
             with self._flag_lock:
                 reset, self._reset_pending = self._reset_pending, False
             req = {

@@ -21,6 +21,7 @@ from kuavo_smolvla_ros.core import dims
 from kuavo_smolvla_ros.core.config import Config
 from kuavo_smolvla_ros.runners.base import CheckpointError, FastPathError, Timing, check_inputs
 from kuavo_smolvla_ros.runners.parts import PartsRunner, PolicyParts
+from kuavo_smolvla_ros.runners.trust import check_checkpoint_trust
 
 __all__ = [  # CheckpointError is imported from here by the node, replay and training
     "CheckpointError",
@@ -50,8 +51,9 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """A local directory as is; otherwise a hub id, fetched (or found in the HF cache)."""
+def resolve_checkpoint(checkpoint: str | Path, revision: str = "") -> Path:
+    """A local directory as is; otherwise a hub id, fetched (or found in the HF cache) at
+    ``revision`` (``policy.revision``: a commit hash or tag pins it; empty: the latest)."""
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -66,7 +68,7 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id=text))
+        return Path(snapshot_download(repo_id=text, revision=revision or None))
     except Exception as exc:
         raise CheckpointError(
             f"could not fetch {text!r} from the Hugging Face Hub ({type(exc).__name__}: {exc})."
@@ -181,7 +183,9 @@ def load_parts(
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     cfg = config or Config()
-    ckpt = resolve_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint, cfg.policy.revision)
+    # Refuse processor steps that are not LeRobot's own before LeRobot builds them (trust.py).
+    check_checkpoint_trust(ckpt, cfg.policy.trust_remote_code)
     policy_cfg = read_policy_config(ckpt, device)
 
     ck = dims.CheckpointDims.from_policy_config(policy_cfg, dims.state_proj_in_features(ckpt))

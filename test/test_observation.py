@@ -662,3 +662,93 @@ def test_example_observation_is_valid_for_the_config_and_reproducible():
     assert obs.task == "pick up the object"
     again = make_example_observation(cfg, seed=3, image_size=(24, 32))
     np.testing.assert_array_equal(obs.state, again.state)
+
+
+# -- issue 9: size caps before decoding, task cap, a decoder thread that never dies silently --
+from kuavo_smolvla_ros.core.frames import FrameDecoder  # noqa: E402
+from kuavo_smolvla_ros.core.observation import (  # noqa: E402
+    ImageTooLarge,
+    image_size,
+    short_text,
+)
+
+
+def _encoded(ext: str, h: int, w: int) -> CompressedImage:
+    img = np.zeros((h, w, 3), np.uint8)
+    return CompressedImage(format=ext.strip("."), data=cv2.imencode(ext, img)[1].tobytes())
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_image_dimensions_are_read_from_the_header(ext):
+    assert image_size(_encoded(ext, 48, 5000), "compressed") == (5000, 48)
+    raw = Image(height=6000, width=4, encoding="rgb8", step=12, data=b"")
+    assert image_size(raw, "raw") == (4, 6000)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_an_image_above_the_side_cap_is_refused_before_decoding(ext):
+    msg = _encoded(ext, 48, 5000)
+    with pytest.raises(ImageTooLarge, match="5000x48 px, above inputs.max_image_side=4096"):
+        decode_image(msg, "compressed", max_bytes=16_000_000, max_side=4096)
+    assert decode_image(_encoded(ext, 48, 64), "compressed", max_side=4096).shape == (48, 64, 3)
+
+
+def test_a_message_above_the_byte_cap_is_refused_before_decoding():
+    msg = CompressedImage(format="jpeg", data=bytes(2000))
+    with pytest.raises(ImageTooLarge, match="2000 bytes, above inputs.max_image_bytes=1000"):
+        decode_image(msg, "compressed", max_bytes=1000)
+    raw = Image(height=5000, width=5000, encoding="rgb8", step=15000, data=b"")
+    with pytest.raises(ImageTooLarge, match="5000x5000"):
+        decode_image(raw, "raw", max_side=4096)
+
+
+def test_a_long_task_is_cut_and_logs_carry_a_short_form():
+    cfg = Config()
+    buf = ObservationBuffer(cfg)
+    assert buf.set_task("x" * 100_000) is True
+    assert len(buf.task) == cfg.inputs.max_task_chars == 512 and buf.tasks_cut == 1
+    assert buf.set_task("pick up the cup") is False
+    assert short_text("word " * 100) == ("word " * 12)[:60] + "..."
+    assert short_text("short") == "short"
+
+
+def _wait(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cond()
+
+
+def test_an_unexpected_exception_in_the_decoder_thread_is_reported_and_it_lives_on():
+    crashes, frames = [], []
+
+    def on_frame(camera, rgb, t):
+        if t == 0.0:
+            raise RuntimeError("bug in a callback")
+        frames.append(t)
+
+    dec = FrameDecoder(on_frame, lambda c, e: None, on_crash=crashes.append)
+    try:
+        dec.submit("head_cam_h", "compressed", _encoded(".jpg", 8, 8), 0.0)
+        _wait(lambda: crashes)
+        assert "bug in a callback" in str(crashes[0]) and dec.crashes == 1
+        dec.submit("head_cam_h", "compressed", _encoded(".jpg", 8, 8), 1.0)
+        _wait(lambda: frames == [1.0])
+    finally:
+        dec.stop()
+
+
+def test_codec_warnings_of_corrupt_jpegs_are_counted_not_printed(capfd):
+    good = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (96, 128, 3), np.uint8))
+    data = good[1].tobytes()
+    corrupt = CompressedImage(format="jpeg", data=data[: len(data) // 2] + b"\xff\xd9")
+    frames = []
+    dec = FrameDecoder(lambda c, rgb, t: frames.append(t), lambda c, e: None, quiet_codec=True)
+    try:
+        for i in range(5):
+            dec.submit("head_cam_h", "compressed", corrupt, float(i))
+            _wait(lambda i=i: len(frames) == i + 1)
+        assert dec.codec_warnings == 5
+    finally:
+        dec.stop()
+    assert "Corrupt JPEG" not in capfd.readouterr().err

@@ -573,7 +573,81 @@ def _decode_raw_cv_bridge(msg: Any, encoding: str, use_cv_bridge: bool) -> np.nd
     )
 
 
-def decode_image(msg: Any, transport: str, *, use_cv_bridge: bool = True) -> np.ndarray:
+class ImageTooLarge(ObservationError):
+    """A camera message above the size caps, refused before any decoding."""
+
+
+def short_text(text: str, limit: int = 60) -> str:
+    """A task text for logs and /diagnostics: the first ``limit`` characters, then "..."."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF header, or None if there is none to read."""
+    data = buf[: 1 << 20].tobytes()  # the frame header comes before the scan data
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h = (data[i + 5] << 8) | data[i + 6]
+            w = (data[i + 7] << 8) | data[i + 8]
+            return w, h
+        if marker == 0xDA:  # start of scan without a frame header
+            return None
+        i += 2 + length
+    return None
+
+
+def image_size(msg: Any, transport: str) -> tuple[int, int] | None:
+    """(width, height) read from the message header alone (raw fields, JPEG SOF, PNG IHDR)."""
+    if transport == "raw":
+        try:
+            return int(msg.width), int(msg.height)
+        except (AttributeError, TypeError, ValueError):
+            return None
+    buf = _as_bytes(getattr(msg, "data", None), "CompressedImage")
+    head = buf[:24].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(buf)
+    return None
+
+
+def check_image_size(msg: Any, transport: str, max_bytes: int, max_side: int) -> None:
+    """Refuse a camera message above the caps before decoding it (a 4000x4000 JPEG would take
+    ~100 ms and 48 MB to decode, a crafted one much more). Raises :class:`ImageTooLarge`."""
+    n = len(getattr(msg, "data", b"") or b"")
+    if n > max_bytes:
+        raise ImageTooLarge(
+            f"{n} bytes, above inputs.max_image_bytes={max_bytes}; refused before decoding."
+        )
+    size = image_size(msg, transport)
+    if size is not None and max(size) > max_side:
+        raise ImageTooLarge(
+            f"{size[0]}x{size[1]} px, above inputs.max_image_side={max_side}; refused before"
+            " decoding."
+        )
+
+
+def decode_image(
+    msg: Any,
+    transport: str,
+    *,
+    use_cv_bridge: bool = True,
+    max_bytes: int | None = None,
+    max_side: int | None = None,
+) -> np.ndarray:
     """Decode a camera message to a fresh, writable RGB uint8 array of shape (H, W, 3).
 
     ``transport="compressed"``: ``sensor_msgs/CompressedImage`` (``format``, ``data``), JPEG or
@@ -586,8 +660,11 @@ def decode_image(msg: Any, transport: str, *, use_cv_bridge: bool = True) -> np.
     laptop converting bags). Other raw encodings (yuv422, bayer_*, ...) go through ROS 2's
     ``cv_bridge`` when it is importable and passes a self-test (``use_cv_bridge=False`` turns
     that off). Undecodable data, size mismatches and unknown encodings raise
-    :class:`ObservationError`.
+    :class:`ObservationError`. With ``max_bytes`` / ``max_side`` a message above either cap is
+    refused before decoding (:class:`ImageTooLarge`).
     """
+    if max_bytes is not None or max_side is not None:
+        check_image_size(msg, transport, max_bytes or 1 << 62, max_side or 1 << 30)
     if transport == "compressed":
         return _decode_compressed(msg)
     if transport == "raw":
@@ -657,7 +734,9 @@ class ObservationBuffer:
         self._state_t: dict[str, float | None] = dict.fromkeys(STATE_SOURCES)
         self._images: dict[str, np.ndarray | None] = dict.fromkeys(self._cameras)
         self._image_t: dict[str, float | None] = dict.fromkeys(self._cameras)
-        self._task = cfg.policy.task.strip()
+        self._max_task = int(getattr(inputs, "max_task_chars", 512))
+        self._task = cfg.policy.task.strip()[: self._max_task]
+        self.tasks_cut = 0
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -710,13 +789,20 @@ class ObservationBuffer:
             self._images[camera] = frozen
             self._image_t[camera] = t
 
-    def set_task(self, text: str) -> None:
-        """Set the language instruction (surrounding whitespace dropped; empty = missing)."""
+    def set_task(self, text: str) -> bool:
+        """Set the language instruction (surrounding whitespace dropped; empty = missing).
+
+        A text longer than ``inputs.max_task_chars`` is cut to it (a 100 KB task would go into
+        every request and log line); returns True when it was cut.
+        """
         if not isinstance(text, str):
             raise ObservationError(f"task must be text, got {type(text).__name__}.")
         text = text.strip()
+        cut = len(text) > self._max_task
         with self._lock:
-            self._task = text
+            self._task = text[: self._max_task]
+            self.tasks_cut += cut
+        return cut
 
     def reset(self) -> None:
         """Forget state and images (they must arrive again before the next snapshot).

@@ -7,18 +7,19 @@ Builds the SmolVLA architecture offline (random weights, ``demo_model``; ``full`
   (a) ``lerobot``: ``SmolVLAPolicy.predict_action_chunk`` as shipped (float32, eager), with its
       saved pre/post processors (``prepare_observation_for_inference`` -> preprocessor ->
       model -> postprocessor), exactly as LeRobot's own scripts run it.
-  (b) ``runner``: ``load_policy(...).predict_chunk`` -- on CUDA the fast path (bf16 + one CUDA
-      graph per chunk), on the CPU the default (``fast_path=auto`` is off there: eager).
-  (c) ``runner-fp32-graph`` (CUDA) / ``engine-fp32`` (CPU): the fast path's code in float32,
-      which separates the error of the implementation from the error of bf16.
+  (b) ``runner``: the package's default runner (``load_policy`` with ``fast_path=auto``), fed
+      through ``runners.run_request`` as the node feeds it -- on CUDA the fast path (bf16 + CUDA
+      graphs), on the CPU the fast path's float32 code when it equals LeRobot at warm-up.
+  (c) extras (``--extra``): ``eager`` (``fast_path=off``: LeRobot's path inside the runner, the
+      CPU default before issue 10; default on the CPU), ``fp32`` (the fast path in float32 with
+      CUDA graphs; default on CUDA: the implementation's error without bf16's), ``no-triton``.
 
-Every variant sees the same inputs and the same seeded noise; (b) and (c) are compared with
+Every variant sees the same inputs and the same seeded noise; the runners are compared with
 (a) chunk by chunk (relative L2 error in robot units, max abs error, NaN count). Prints a
-markdown table last and writes everything as JSON to ``--out``.
+markdown table per model size last and writes everything as JSON to ``--out``.
 
     python benchmarks/inference.py --device cuda --size full --out inference_gpu.json
-    python benchmarks/inference.py --device cpu --size tiny
-    python benchmarks/inference.py --device cpu --size full --iters 3
+    python benchmarks/inference.py --device cpu --size tiny,full --out inference_cpu.json
 """
 
 from __future__ import annotations
@@ -42,15 +43,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TASK = "pick up the red cube and place it in the box"
 
 
-def _checkpoint(args: argparse.Namespace) -> tuple[Path, float]:
-    """``--checkpoint`` if it holds a model, else build ``--size`` there (or in a temp dir)."""
+def _checkpoint(size: str, where: str | None) -> tuple[Path, float]:
+    """``where`` if it holds a model, else build ``size`` there (or in a temp dir)."""
     from kuavo_smolvla_ros.demo.model import build_demo_model
 
-    path = Path(args.checkpoint or tempfile.mkdtemp(prefix=f"smolvla_{args.size}_"))
+    path = Path(where or tempfile.mkdtemp(prefix=f"smolvla_{size}_"))
     if (path / "model.safetensors").is_file():
         return path, 0.0
     t0 = time.perf_counter()
-    build_demo_model(path, size=args.size)
+    build_demo_model(path, size=size)
     return path, time.perf_counter() - t0
 
 
@@ -198,45 +199,58 @@ def bench_lerobot(ckpt: Path, args, cases: list, gpu: _Gpu) -> dict[str, Any]:
     return result
 
 
+def _request(case, rtc: bool = False) -> tuple[Any, int]:
+    """A controller request for one case, as the node's controller makes it, and its seed."""
+    from kuavo_smolvla_ros.core.controller import InferenceRequest
+    from kuavo_smolvla_ros.core.observation import Observation
+
+    state, images, seed, leftover, delay = case
+    obs = Observation(state=state, images=images, task=TASK, stamp=0.0)
+    if not rtc:
+        return InferenceRequest(obs, episode=0), seed
+    return InferenceRequest(obs, episode=0, leftover=leftover, delay_steps=delay), seed
+
+
 def bench_runner(ckpt: Path, args, cases: list, gpu: _Gpu, mode: str) -> dict[str, Any]:
     """(b) and (c): the package's runner, start-up included (load + warm-up + capture)."""
     import torch
 
     from kuavo_smolvla_ros.core.config import Config, SchedulerConfig
+    from kuavo_smolvla_ros.runners.base import run_request
     from kuavo_smolvla_ros.runners.eager import load_policy, warm_up
-    from kuavo_smolvla_ros.runners.fast import FastPath
+    from kuavo_smolvla_ros.runners.fast import FastRunner
 
     cfg = Config(scheduler=SchedulerConfig(merge_mode="rtc" if args.rtc else "weighted_average"))
     gpu.start()
     t0 = time.perf_counter()
-    if mode == "fast":
-        fast = "on" if args.device.startswith("cuda") else "auto"
-        runner = load_policy(ckpt, args.device, cfg, warmup=False, fast_path=fast)
-    elif mode == "fp32":  # the fast path's code in float32: graphs on CUDA, eager on the CPU
-        runner = load_policy(ckpt, args.device, cfg, warmup=False, fast_path="off")
-        runner.fast_path = FastPath(runner, dtype=torch.float32)
-    else:  # "no-triton": the fast path with the torch reference ops instead of the 2 kernels
-        runner = load_policy(ckpt, args.device, cfg, warmup=False, fast_path="off")
-        runner.fast_path = FastPath(runner, triton=False)
-    load_s = time.perf_counter() - t0
-    warm_up(runner)
+    if mode == "default":  # what load_policy gives: fast_path=auto, warm-up (and its check)
+        runner = load_policy(ckpt, args.device, cfg, warmup=True)
+    elif mode == "eager":
+        runner = load_policy(ckpt, args.device, cfg, warmup=True, fast_path="off")
+    else:  # fp32: the fast path in float32 (graphs on CUDA); no-triton: the torch reference ops
+        parts = load_policy(ckpt, args.device, cfg, warmup=False, fast_path="off").parts
+        if mode == "fp32":
+            runner = FastRunner(parts, dtype=torch.float32)
+        else:
+            runner = FastRunner(parts, triton=False)
+        warm_up(runner)
     startup_s = time.perf_counter() - t0
     gpu.loaded()
-    on_fast = runner.fast_path is not None
+    on_fast = isinstance(runner, FastRunner)
     times, pre_ms = [], []
     for i in range(args.warmup + args.iters):
-        state, images, seed, _, _ = cases[i % len(cases)]
+        req, seed = _request(cases[i % len(cases)])
         t = time.perf_counter()
-        runner.predict_chunk(state, images, TASK, seed=seed)
+        run_request(runner, req, seed)
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
             pre_ms.append(runner.timing.preprocess_s * 1e3)
-    outs = [runner.predict_chunk(s, im, TASK, seed=sd) for s, im, sd, _, _ in cases]
+    outs = [run_request(runner, *_request(c)) for c in cases]
     result = {
+        "runner": type(runner).__name__,
         "fast_path": on_fast,
-        "dtype": str(runner.fast_path.engine.dtype) if on_fast else "torch.float32",
-        "triton": bool(on_fast and runner.fast_path.engine.triton),
-        "load_s": load_s,
+        "dtype": str(runner.engine.dtype) if on_fast else "torch.float32",
+        "triton": bool(on_fast and runner.engine.triton),
         "startup_s": startup_s,
         **_stats(times),
         "host_prep_median_ms": float(np.median(pre_ms)),
@@ -246,27 +260,23 @@ def bench_runner(ckpt: Path, args, cases: list, gpu: _Gpu, mode: str) -> dict[st
     if args.rtc:
         rtc_times = []
         for i in range(args.warmup + args.rtc_iters):
-            state, images, seed, left, delay = cases[i % len(cases)]
+            req, seed = _request(cases[i % len(cases)], rtc=True)
             t = time.perf_counter()
-            runner.predict_chunk(
-                state, images, TASK, seed=seed, inference_delay=delay, prev_chunk_left_over=left
-            )
+            run_request(runner, req, seed)
             if i >= args.warmup:
                 rtc_times.append(time.perf_counter() - t)
         result["rtc"] = _stats(rtc_times)
-        result["rtc_outs"] = [
-            runner.predict_chunk(s, im, TASK, seed=sd, inference_delay=d, prev_chunk_left_over=lo)
-            for s, im, sd, lo, d in cases
-        ]
+        result["rtc_outs"] = [run_request(runner, *_request(c, rtc=True)) for c in cases]
     if on_fast:
-        result["graph_captures"] = runner.fast_path.captures
-        result["cuda_graphs"] = runner.fast_path.cuda_graphs
+        result["graph_captures"] = runner.captures
+        result["cuda_graphs"] = runner.cuda_graphs
         if args.device.startswith("cuda") and mode != "fp32":
             try:
-                result["gpu_ms"] = _gpu_breakdown(runner.fast_path, profile=args.profile)
+                result["gpu_ms"] = _gpu_breakdown(runner, profile=args.profile)
             except Exception:
                 traceback.print_exc()
     del runner
+    gc.collect()
     return result
 
 
@@ -302,7 +312,7 @@ def _gpu_breakdown(fast: Any, reps: int = 20, profile: bool = False) -> dict[str
         torch.cuda.synchronize()
         return float(np.median([a.elapsed_time(b) for a, b in ends]))
 
-    with torch.no_grad(), torch.cuda.device(fast.device):
+    with torch.no_grad(), torch.cuda.device(fast.torch_device):
         out = {
             "images_graph": replay_ms(cap.graphs["images"]),
             "rest_graph": replay_ms(cap.graphs[False]),
@@ -327,79 +337,70 @@ def _gpu_breakdown(fast: Any, reps: int = 20, profile: bool = False) -> dict[str
 
 
 def _device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model name (as lscpu prints it) and the usable cores."""
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", choices=("tiny", "full"), default="full")
-    p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
-    p.add_argument("--checkpoint", help="existing checkpoint dir, or where to build one")
-    p.add_argument("--iters", type=int, default=None, help="timed chunks per variant")
-    p.add_argument("--baseline-iters", type=int, default=None, help="timed chunks of (a)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed chunks first")
-    p.add_argument("--cases", type=int, default=4, help="inputs/noise seeds for the error check")
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--no-rtc", dest="rtc", action="store_false", help="skip the RTC rows")
-    p.add_argument(
-        "--extra",
-        default=None,
-        help="comma list of extra variants: fp32 (default on CUDA and CPU), no-triton",
-    )
-    p.add_argument("--profile", action="store_true", help="print the chunk's top GPU kernels")
-    p.add_argument("--out", help="write the results as JSON here")
-    args = p.parse_args(argv)
-
+def run_size(size: str, where: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Every variant on one model size; returns the results with their markdown table."""
     import torch
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = args.device.startswith("cuda")
-    if args.iters is None:
-        args.iters = 200 if cuda else (20 if args.size == "tiny" else 3)
-    if args.warmup is None:
-        args.warmup = 3 if cuda else 1
-    args.rtc_iters = max(1, args.iters // 2) if cuda else max(1, args.iters // 3)
-    if args.baseline_iters is None:
-        args.baseline_iters = 30 if cuda else args.iters
-    if not cuda and args.size == "full":
-        args.cases = min(args.cases, 2)
 
     from kuavo_smolvla_ros.demo.model import DEFAULT_CAMERAS
 
-    ckpt, build_s = _checkpoint(args)
-    cases = _cases(args.cases, args.height, args.width, DEFAULT_CAMERAS)
+    cuda = args.device.startswith("cuda")
+    iters = args.iters or (200 if cuda else (20 if size == "tiny" else 3))
+    baseline_iters = args.baseline_iters or (30 if cuda else iters)
+    sized = argparse.Namespace(**vars(args))
+    sized.iters, sized.baseline_iters = iters, baseline_iters
+    sized.rtc_iters = max(1, iters // 2) if cuda else max(1, iters // 3)
+    n_cases = args.cases if cuda or size == "tiny" else min(args.cases, 2)
+
+    ckpt, build_s = _checkpoint(size, where)
+    cases = _cases(n_cases, args.height, args.width, DEFAULT_CAMERAS)
     gpu = _Gpu(args.device)
     meta = {
         "device": _device_name(args.device),
-        "size": args.size,
+        "size": size,
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "python": sys.version.split()[0],
         "cameras": f"{len(DEFAULT_CAMERAS)} x {args.height}x{args.width}",
         "checkpoint_build_s": build_s,
+        "iters": iters,
+        "load_1min_start": os.getloadavg()[0],
     }
-    print(f"# {meta['device']}, SmolVLA {args.size}, {meta['cameras']}", flush=True)
+    print(f"# {meta['device']}, SmolVLA {size}, {meta['cameras']}", flush=True)
 
     results: dict[str, Any] = {"meta": meta}
-    a = bench_lerobot(ckpt, args, cases, gpu)
+    a = bench_lerobot(ckpt, sized, cases, gpu)
     results["lerobot"] = a
     print(f"(a) lerobot: median {a['median_ms']:.1f} ms", flush=True)
-    b = bench_runner(ckpt, args, cases, gpu, "fast")
+    b = bench_runner(ckpt, sized, cases, gpu, "default")
     results["runner"] = b
-    print(f"(b) runner: median {b['median_ms']:.2f} ms, startup {b['startup_s']:.1f} s", flush=True)
-    print(f"    GPU breakdown (ms): {b.get('gpu_ms')}", flush=True)
+    print(
+        f"(b) runner ({b['runner']}, {b['dtype']}): median {b['median_ms']:.2f} ms,"
+        f" startup {b['startup_s']:.1f} s, GPU breakdown (ms): {b.get('gpu_ms')}",
+        flush=True,
+    )
     variants = [("runner", b)]
-    for mode in (args.extra if args.extra is not None else "fp32").split(","):
+    extra = args.extra if args.extra is not None else ("fp32" if cuda else "eager")
+    for mode in extra.split(","):
         if not mode:
             continue
         name = {"fp32": "runner-fp32-graph" if cuda else "engine-fp32"}.get(mode, f"runner-{mode}")
         try:
-            c = bench_runner(ckpt, args, cases, gpu, mode)
+            c = bench_runner(ckpt, sized, cases, gpu, mode)
             results[name] = c
             variants.append((name, c))
             print(f"{name}: median {c['median_ms']:.2f} ms, GPU {c.get('gpu_ms')}", flush=True)
@@ -412,25 +413,25 @@ def main(argv: list[str] | None = None) -> int:
         v["speedup"] = a["median_ms"] / v["median_ms"]
     a.pop("refs")
     a.pop("rtc_refs", None)
+    meta["load_1min_end"] = os.getloadavg()[0]
 
     rows = [("(a) lerobot predict_action_chunk, fp32 eager", a, None)]
-    rows += [
-        (f"({'bcdef'[i]}) {n}" + (" [fast path]" if v["fast_path"] else " [eager]"), v, v)
-        for i, (n, v) in enumerate(variants)
+    for i, (n, v) in enumerate(variants):
+        what = f"{v['runner']}, {v['dtype'].replace('torch.', '')}"
+        rows.append((f"({'bcdef'[i]}) {n} [{what}]", v, v))
+    lines = [
+        f"### {meta['device']} - SmolVLA {size}, {meta['cameras']}, chunk 50x16, 10 steps",
+        "| variant | median ms | p99 ms | speed-up | peak GPU MB (all / serving) | start-up s"
+        " | rel err | max abs err | NaN |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-
-    print(f"\n### {meta['device']} - SmolVLA {args.size}, {meta['cameras']}, chunk 50x16, 10 steps")
-    print(
-        "| variant | median ms | p99 ms | speed-up | peak GPU MB (all / serving) | start-up s | rel err | max abs err | NaN |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
     for name, v, err in rows:
         mem = "-"
         if v.get("peak_gpu_mb") is not None:
             mem = f"{v['peak_gpu_mb']:.0f} / {v['serving_peak_gpu_mb']:.0f}"
         su = f"{v['startup_s']:.1f}" if "startup_s" in v else f"{v['load_s']:.1f} (load)"
         e = err["vs_lerobot"] if err else None
-        print(
+        lines.append(
             f"| {name} | {v['median_ms']:.2f} | {v['p99_ms']:.2f} | "
             f"{a['median_ms'] / v['median_ms']:.1f}x | {mem} | {su} | "
             + (
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rtc:
         for name, v, err in rows:
             e = err["rtc"]["vs_lerobot"] if err else None
-            print(
+            lines.append(
                 f"| {name}, RTC | {v['rtc']['median_ms']:.2f} | {v['rtc']['p99_ms']:.2f} | "
                 f"{a['rtc']['median_ms'] / v['rtc']['median_ms']:.1f}x | | | "
                 + (
@@ -451,6 +452,50 @@ def main(argv: list[str] | None = None) -> int:
                     else "ref | ref | - |"
                 )
             )
+    results["table"] = lines
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--size", default="full", help="tiny, full, or both in one run: tiny,full (default full)"
+    )
+    p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    p.add_argument(
+        "--checkpoint", help="existing checkpoint dir(s), or where to build them (comma list)"
+    )
+    p.add_argument("--iters", type=int, default=None, help="timed chunks per variant")
+    p.add_argument("--baseline-iters", type=int, default=None, help="timed chunks of (a)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed chunks first")
+    p.add_argument("--cases", type=int, default=4, help="inputs/noise seeds for the error check")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--no-rtc", dest="rtc", action="store_false", help="skip the RTC rows")
+    p.add_argument(
+        "--extra",
+        default=None,
+        help="comma list of extra variants: eager (default on the CPU), fp32 (default on"
+        " CUDA), no-triton",
+    )
+    p.add_argument("--profile", action="store_true", help="print the chunk's top GPU kernels")
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.warmup is None:
+        args.warmup = 3 if args.device.startswith("cuda") else 1
+    sizes = [x for x in args.size.split(",") if x]
+    if any(x not in ("tiny", "full") for x in sizes):
+        p.error(f"--size {args.size!r}: choose tiny, full or tiny,full")
+    where = (args.checkpoint or "").split(",")
+    where += [""] * (len(sizes) - len(where))
+    results = {size: run_size(size, w or None, args) for size, w in zip(sizes, where)}
+    for r in results.values():
+        print("\n" + "\n".join(r["table"]))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=float))
         print(f"\nwrote {args.out}")

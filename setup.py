@@ -28,6 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "policy_node = kuavo_smolvla_ros.ros.node:main",
+            "policy_node_rt = kuavo_smolvla_ros.ros.realtime:main",
             "replay = kuavo_smolvla_ros.replay.cli:main",
             "kuavo-smolvla-replay = kuavo_smolvla_ros.replay.cli:main",
             "kuavo-smolvla-make-demo-model = kuavo_smolvla_ros.demo.model:main",

@@ -1,4 +1,4 @@
-"""bagio: reading and writing ROS 1 / ROS 2 bags, the kuavo_msgs fix, damaged files."""
+"""bag: reading and writing ROS 1 / ROS 2 bags, the kuavo_msgs fix, damaged files."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from rosbags.rosbag1 import Reader as Ros1Reader
 from rosbags.rosbag2 import Writer as Ros2Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
-from kuavo_smolvla_ros.bag import io as bagio
-from kuavo_smolvla_ros.bag.io import (
+from kuavo_smolvla_ros.bag import (
     KUAVO_MD5,
     KUAVO_MSGS,
     BagError,
     BagWriter,
+    kuavo_types,
     open_bag,
     typestore_for,
     write_bag,
@@ -225,7 +225,7 @@ def test_claw_state_constants_are_constants_not_fields():
 
 def test_rosbags_alone_misreads_the_stock_claw_state_definition():
     # The real-world bug this module works around: five phantom int8 fields, another md5.
-    text = bagio.kuavo_ros1_full_definition("kuavo_msgs/msg/lejuClawState")
+    text = kuavo_types.kuavo_ros1_full_definition("kuavo_msgs/msg/lejuClawState")
     typs = get_types_from_msg(text, "kuavo_msgs/msg/lejuClawState")
     names = [f[0] for f in typs["kuavo_msgs/msg/lejuClawState"][1]]
     assert "kError" in names
@@ -233,7 +233,7 @@ def test_rosbags_alone_misreads_the_stock_claw_state_definition():
     store.register(typs)
     assert store.generate_msgdef("kuavo_msgs/msg/lejuClawState")[1].startswith("d89db751")
 
-    fixed = bagio._parse_msg_text(text, "kuavo_msgs/msg/lejuClawState")
+    fixed = kuavo_types.parse_msg_text(text, "kuavo_msgs/msg/lejuClawState")
     assert [f[0] for f in fixed["kuavo_msgs/msg/lejuClawState"][1]] == ["header", "state", "data"]
     store = get_typestore(Stores.EMPTY)
     store.register(fixed)
@@ -244,7 +244,7 @@ def test_rosbags_alone_misreads_the_stock_claw_state_definition():
 
 
 def test_full_definition_text_has_genmsg_layout():
-    text = bagio.kuavo_ros1_full_definition("kuavo_msgs/msg/sensorsData")
+    text = kuavo_types.kuavo_ros1_full_definition("kuavo_msgs/msg/sensorsData")
     sections = [line for line in text.splitlines() if line.startswith("MSG: ")]
     assert sections == [
         "MSG: std_msgs/Header",
@@ -343,7 +343,7 @@ def test_plain_anyreader_refuses_stock_claw_state_bag_and_open_bag_reads_it(stoc
 def test_bag_definitions_with_mixed_case_constants_of_any_type_are_read(tmp_path):
     """Not only kuavo_msgs: any ROS 1 type with non-UPPER constants decodes from the bag."""
     text = "int8 kIdle = 0\nint8 kBusy=1\nstring kName = hello # not a comment\nint8 status\n"
-    typs = bagio._parse_msg_text(text, "my_msgs/msg/Status")
+    typs = kuavo_types.parse_msg_text(text, "my_msgs/msg/Status")
     assert typs["my_msgs/msg/Status"][0] == [
         ("kIdle", "int8", 0),
         ("kBusy", "int8", 1),

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kuavo_smolvla_ros.bag.io import BagError, open_bag
+from kuavo_smolvla_ros.bag import BagError, open_bag
 from kuavo_smolvla_ros.core.config import RobotConfig
 from kuavo_smolvla_ros.demo.bag import (
     ARM_DIMS,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import Writer as Ros2Writer
 
-from kuavo_smolvla_ros.bag.io import open_bag, typestore_for, write_bag
+from kuavo_smolvla_ros.bag import open_bag, typestore_for, write_bag
 from kuavo_smolvla_ros.core import metrics
 from kuavo_smolvla_ros.core.config import Config, default_config_path, load_config
 from kuavo_smolvla_ros.demo.bag import demo_messages, make_demo_bag

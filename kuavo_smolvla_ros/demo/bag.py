@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros.bag.io import BAG_FORMATS, BagError, BagWriter, typestore_for
+from kuavo_smolvla_ros.bag import BAG_FORMATS, BagError, BagWriter, typestore_for
 from kuavo_smolvla_ros.core.config import KUAVO_JOINT_NAMES, RobotConfig
 
 DEFAULT_WIDTH = 224

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kuavo_smolvla_ros.bag.io import BagError
+from kuavo_smolvla_ros.bag import BagError
 from kuavo_smolvla_ros.core.config import Config, ConfigError, default_config_path, load_config
 from kuavo_smolvla_ros.replay.live import replay_live
 from kuavo_smolvla_ros.replay.offline import replay_offline

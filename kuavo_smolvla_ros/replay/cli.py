@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kuavo_smolvla_ros.bag.io import BagError, open_bag
+from kuavo_smolvla_ros.bag import BagError, open_bag
 from kuavo_smolvla_ros.core.config import ConfigError, default_config_path, load_config
 from kuavo_smolvla_ros.replay.live import replay_live
 from kuavo_smolvla_ros.replay.offline import (

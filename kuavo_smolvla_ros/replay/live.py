@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros.bag.io import BagError, BagReader, BagWriter, open_bag, typestore_for
+from kuavo_smolvla_ros.bag import BagError, BagReader, BagWriter, open_bag, typestore_for
 from kuavo_smolvla_ros.core.config import NODE_NAME, Config, ConfigError, SourceConfig, to_dict
 from kuavo_smolvla_ros.core.observation import SourceExtractor
 from kuavo_smolvla_ros.replay.plan import (

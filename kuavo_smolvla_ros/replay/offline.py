@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros.bag.io import BagError, open_bag
+from kuavo_smolvla_ros.bag import BagError, open_bag
 from kuavo_smolvla_ros.core.config import NODE_NAME, Config, ConfigError
 from kuavo_smolvla_ros.core.controller import InferenceRequest, PolicyController
 from kuavo_smolvla_ros.core.observation import decode_image

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kuavo_smolvla_ros.bag.io import BagError, BagReader
+from kuavo_smolvla_ros.bag import BagError, BagReader
 from kuavo_smolvla_ros.core.config import (
     NODE_NAME,
     Config,

@@ -351,7 +351,7 @@ def convert_bags(
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from kuavo_smolvla_ros.bag.io import open_bag
+    from kuavo_smolvla_ros.bag import open_bag
 
     cfg = config or Config()
     bags = [bags] if isinstance(bags, (str, Path)) else list(bags)
@@ -465,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from kuavo_smolvla_ros.bag.io import BagError
+    from kuavo_smolvla_ros.bag import BagError
 
     try:
         cfg = load_config(a.config) if a.config else Config()

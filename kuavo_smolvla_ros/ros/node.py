@@ -11,6 +11,14 @@ while the single-threaded one held 100 Hz. Nothing slow ever runs on it:
 - ``smolvla-inference`` thread: the model; it hands each chunk back with one call, so
   ``~/enable`` and ``~/reset`` never wait behind inference.
 
+Safety (docs/safety.md). Every command leaves through one path, ``_publish``, and only as the
+controller's gate admitted it: inside the limits and within the speed limit of the last
+published command. The node's own faults (a request unanswered within ``policy.timeout_s``, an
+inference process that exited, a crashed decoder or worker thread) hold the last command and
+ask for nothing new until ``~/reset`` or ``~/enable``; ``/diagnostics`` says OK only while
+commands follow a live chunk. The control clock is monotonic (the ROS clock in sim time), so a
+wall-clock step cannot make stale inputs look fresh.
+
 Run it with ``ros2 launch kuavo_smolvla_ros policy.launch.py``, ``ros2 run kuavo_smolvla_ros
 policy_node --ros-args --params-file config/kuavo_smolvla.yaml``, or from a venv without a ROS
 install: ``policy_node --ros-args -p checkpoint:=DIR -p device:=cpu``.
@@ -22,6 +30,7 @@ import contextlib
 import dataclasses
 import os
 import queue
+import signal
 import threading
 import time
 from typing import Any
@@ -37,6 +46,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
@@ -46,11 +56,18 @@ from kuavo_smolvla_ros.core.config import (
     Config,
     ConfigError,
 )
-from kuavo_smolvla_ros.core.controller import InferenceRequest, PolicyController, split_command
+from kuavo_smolvla_ros.core.controller import (
+    InferenceRequest,
+    PolicyController,
+    Tick,
+    split_command,
+)
 from kuavo_smolvla_ros.core.frames import FrameDecoder
-from kuavo_smolvla_ros.core.observation import ObservationError, SourceExtractor
+from kuavo_smolvla_ros.core.observation import ObservationError, SourceExtractor, short_text
 from kuavo_smolvla_ros.ros.messages import import_message
 from kuavo_smolvla_ros.ros.parameters import ConfigParameters
+from kuavo_smolvla_ros.runners.base import Runner, run_request
+from kuavo_smolvla_ros.runners.factory import make_runner
 
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(
@@ -70,7 +87,9 @@ class PolicyNode(Node):
         self.params = ConfigParameters(self)
         self.cfg = self.params.config
         self.runner = self._load_runner()
-        self.controller = PolicyController(self._with_measured_latency(self.cfg))
+        self._sim_time = bool(self.get_parameter("use_sim_time").value)
+        self.timeout_s = self._inference_timeout()
+        self.controller = PolicyController(self._with_measured_latency(self.cfg), self.timeout_s)
         self._requests: queue.Queue[InferenceRequest | None] = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._tick_times: list[float] = []
@@ -82,7 +101,19 @@ class PolicyNode(Node):
         self._dry_run = self.cfg.dry_run
 
         self._warned: dict[str, tuple[float, int]] = {}
-        self._decoder = FrameDecoder(self._on_frame, self._on_bad_frame)
+        self._timeouts_seen = 0
+        self._dead_child_seen: int | None = None  # pid of an exited child already reported
+        self._restart_child = threading.Event()
+        self._codec_warnings_seen = 0
+        inp = self.cfg.inputs
+        self._decoder = FrameDecoder(
+            self._on_frame,
+            self._on_bad_frame,
+            on_crash=lambda exc: self._thread_fault("frame decoder", exc),
+            max_bytes=getattr(inp, "max_image_bytes", None),
+            max_side=getattr(inp, "max_image_side", None),
+            quiet_codec=True,
+        )
         self._make_publishers()
         self._make_subscriptions()
         self.create_service(SetBool, "~/enable", self._on_enable)
@@ -105,40 +136,31 @@ class PolicyNode(Node):
         """Runtime changes, already validated by ``ConfigParameters`` (aliases resolved)."""
         for name, value in changes.items():
             if name == "policy.task":
-                self.controller.buffer.set_task(str(value))
-                self.get_logger().info(f"task set to {value!r}")
+                self._set_task(str(value), "parameter")
             elif name == "dry_run":
                 self._dry_run = bool(value)
 
     def _with_measured_latency(self, cfg: Config) -> Config:
         """Start the latency estimate from the warm-up chunk's measured time (12 ms on an H100
         fast path, seconds on a CPU) instead of a guess; ``latency_init_s`` is the fallback."""
-        measured = float(getattr(self.runner, "last_inference_s", 0.0) or 0.0)
+        measured = float(self.runner.last_inference_s or 0.0)
         if measured <= 0.0:
             return cfg
         sched = dataclasses.replace(cfg.scheduler, latency_init_s=measured)
         return dataclasses.replace(cfg, scheduler=sched)
 
-    def _load_runner(self) -> Any:
-        from kuavo_smolvla_ros.runners.eager import load_policy
+    def _inference_timeout(self) -> float:
+        """``policy.timeout_s``, or max(2 s, 10x the warm-up chunk): finite whatever happens."""
+        configured = float(getattr(self.cfg.policy, "timeout_s", 0.0) or 0.0)
+        if configured > 0:
+            return configured
+        return max(2.0, 10.0 * float(self.runner.last_inference_s or 0.0))
 
+    def _load_runner(self) -> Runner:
         pol = self.cfg.policy
-        if not pol.checkpoint:
-            raise ConfigError(
-                "no checkpoint: set policy.checkpoint (or -p checkpoint:=DIR_OR_HUB_ID)."
-            )
         self.get_logger().info(f"loading {pol.checkpoint} on {pol.device} ({pol.backend}) ...")
         t0 = time.perf_counter()
-        if pol.backend == "process":  # the model in a child process: no GIL contention
-            from kuavo_smolvla_ros.runners.process import ProcessRunner
-
-            runner = ProcessRunner(pol.checkpoint, device=pol.device, config=self.cfg)
-        else:
-            if pol.torch_threads > 0:
-                import torch
-
-                torch.set_num_threads(pol.torch_threads)
-            runner = load_policy(pol.checkpoint, device=pol.device, config=self.cfg)
+        runner = make_runner(self.cfg)  # process backend: the model in a child process
         self.get_logger().info(
             f"loaded in {time.perf_counter() - t0:.1f} s; one chunk takes"
             f" {1e3 * runner.last_inference_s:.0f} ms here"
@@ -179,8 +201,11 @@ class PolicyNode(Node):
         self.create_subscription(String, inp.task_topic, self._on_task, LATCHED_QOS)
 
     def now_s(self) -> float:
-        """The node clock in seconds (sim time when ``use_sim_time`` is set)."""
-        return self.get_clock().now().nanoseconds * 1e-9
+        """The control clock in seconds: the ROS clock in sim time, else ``time.monotonic()``
+        (a wall-clock step must not make stale inputs look fresh or stall the speed limit)."""
+        if self._sim_time:
+            return self.get_clock().now().nanoseconds * 1e-9
+        return time.monotonic()
 
     def _bad_input(self, what: str, exc: Exception) -> None:
         """Log a bad message at most every 2 s per input (rclpy throttles per call site, which
@@ -210,21 +235,39 @@ class PolicyNode(Node):
         self._bad_input(f"image from camera {camera}", exc)
 
     def _on_task(self, msg: String) -> None:
-        self.controller.buffer.set_task(msg.data)
-        self.get_logger().info(f"task: {msg.data!r}")
+        self._set_task(msg.data, "topic")
+
+    def _set_task(self, text: str, source: str) -> None:
+        if self.controller.buffer.set_task(text):
+            limit = getattr(self.cfg.inputs, "max_task_chars", 512)
+            self._bad_input(
+                f"task from the {source}",
+                ValueError(f"{len(text)} characters, cut to inputs.max_task_chars={limit}"),
+            )
+        self.get_logger().info(f"task ({source}): {short_text(text)!r}")
+
+    def _thread_fault(self, where: str, exc: BaseException) -> None:
+        """An unexpected exception in a worker thread: a fault with its message, never a
+        silently dead thread."""
+        why = f"{where} crashed: {type(exc).__name__}: {exc}"
+        self.controller.set_fault(why)
+        self.get_logger().error(f"{why}; holding until ~/reset or ~/enable")
 
     # -- control ------------------------------------------------------------------------------
     def _on_tick(self) -> None:
         t_start = time.monotonic()
         t = self.now_s()
-        tick = self.controller.tick(t)
+        stamp = self.get_clock().now()  # read with t: stamps and control time step together
+        tick = self.controller.tick(t, publish=not self._dry_run)
         if tick.request is not None:
             try:
                 self._requests.put_nowait(tick.request)
-            except queue.Full:  # cannot happen with one request in flight; stay safe anyway
+            except queue.Full:  # impossible: the controller keeps one request outstanding
                 self.controller.on_failure(tick.request, "inference queue full")
         if tick.command is not None:
-            self._publish(tick.command)
+            self._publish(tick, stamp)
+        if self.controller.counters.timeouts > self._timeouts_seen:
+            self._on_timeout()
         if tick.stale:
             self.get_logger().warning(
                 f"holding: stale inputs {', '.join(tick.stale)}", throttle_duration_sec=2.0
@@ -239,13 +282,28 @@ class PolicyNode(Node):
             with open(self._tick_log_path, "a") as f:
                 f.writelines(f"{a:.6f} {b:.6f}\n" for a, b in rows)
 
-    def _publish(self, command: np.ndarray) -> None:
-        stamp = self.get_clock().now().to_msg()
+    def _on_timeout(self) -> None:
+        """The watchdog fired: free the worker from a hung child (SIGSTOP, deadlock) by killing
+        it; the fault already holds, and ~/reset or ~/enable starts a new child."""
+        self._timeouts_seen = self.controller.counters.timeouts
+        self.get_logger().error(
+            f"{self.controller.fault}; holding until ~/reset or ~/enable"
+            " (the inference process is stopped)"
+        )
+        kill = getattr(self.runner, "kill", None)
+        if kill is not None:
+            kill()
+
+    def _publish(self, tick: Tick, stamp: Time) -> None:
+        """The single publish path: ``~/action`` always, the robot topics only with what the
+        controller's gate admitted (``tick.published``; never in a dry run)."""
+        command = tick.command
+        stamp = stamp.to_msg()
         names = list(self.cfg.robot.joint_names)
         action = JointState(name=names, position=command.tolist())
         action.header.stamp = stamp
         self._action_pub.publish(action)
-        if self._dry_run:
+        if not tick.published:
             return
         arm, gripper = split_command(command, self.cfg)
         out = self.cfg.outputs
@@ -272,44 +330,82 @@ class PolicyNode(Node):
 
     def infer(self, req: InferenceRequest) -> np.ndarray:
         """Run the model on one request: the node's only model call (benchmarks reuse it)."""
-        obs, seed = req.observation, self.cfg.policy.seed
-        return self.runner.predict_chunk(
-            obs.state,
-            obs.images,
-            obs.task,
-            seed=None if seed < 0 else seed,
-            inference_delay=req.delay_steps,
-            prev_chunk_left_over=req.leftover,
-        )
+        return run_request(self.runner, req, self.cfg.policy.seed)
 
     def _work(self) -> None:
-        """Inference worker: one request at a time; never touches ROS objects but the clock."""
+        """Inference worker: one request at a time; never touches ROS objects but the clock.
+
+        Anything unexpected becomes a fault with its message; the thread carries on.
+        """
         while not self._stop.is_set():
             try:
-                req = self._requests.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if req is None:
-                break
-            try:
-                chunk = self.infer(req)
-            except Exception as exc:  # the model failed: hold, never crash the node
-                if self._stop.is_set():  # shutting down: the runner was closed under us
+                if not self._serve_one():
                     break
-                self.controller.on_failure(req, f"{type(exc).__name__}: {exc}")
-                self.get_logger().error(
-                    f"policy failed, holding the last command until ~/reset or ~/enable: {exc}",
-                    throttle_duration_sec=5.0,
-                )
-                continue
-            t_arrival = self.now_s()
-            skipped = self.controller.on_chunk(req, chunk, t_arrival)
-            if skipped >= 0:
-                self._publish_chunk_timing(req.t_obs, t_arrival, skipped)
-            if skipped < 0 and self.controller.fault:
-                self.get_logger().error(
-                    f"holding: {self.controller.fault}", throttle_duration_sec=5.0
-                )
+            except Exception as exc:
+                if self._stop.is_set():
+                    break
+                self._thread_fault("inference worker", exc)
+
+    def _check_child(self) -> None:
+        """A model process that exited, even between requests, is a fault with its exit code
+        (never a silent restart); ``~/reset`` or ``~/enable`` starts a new one."""
+        alive = getattr(self.runner, "alive", None)
+        if alive is None or alive or self._stop.is_set():
+            return
+        pid = getattr(self.runner, "pid", None)
+        if pid == self._dead_child_seen:
+            return
+        self._dead_child_seen = pid
+        code = getattr(self.runner, "exitcode", None)
+        why = f"the inference process (pid {pid}) exited with code {code}"
+        self.controller.set_fault(why)
+        self.get_logger().error(f"{why}; holding until ~/reset or ~/enable starts a new one")
+
+    def _restart_model(self) -> None:
+        """Start a new inference process (in this thread: it takes seconds); no request is
+        made meanwhile."""
+        self._restart_child.clear()
+        self.controller.set_model_ready(False, "starting a new inference process")
+        self.get_logger().info("starting a new inference process ...")
+        try:
+            self.runner.restart()
+        except Exception as exc:
+            self.controller.set_fault(f"cannot restart the inference process: {exc}")
+            self.get_logger().error(f"cannot restart the inference process: {exc}")
+            return
+        finally:
+            self.controller.set_model_ready(True)
+        self.get_logger().info(f"inference process {getattr(self.runner, 'pid', '?')} ready")
+
+    def _serve_one(self) -> bool:
+        """Wait for one request and answer it; False when the worker must stop."""
+        if self._restart_child.is_set():
+            self._restart_model()
+        try:
+            req = self._requests.get(timeout=0.2)
+        except queue.Empty:
+            self._check_child()
+            return True
+        if req is None:
+            return False
+        try:
+            chunk = self.infer(req)
+        except Exception as exc:  # the model failed: hold, never crash the node
+            if self._stop.is_set():  # shutting down: the runner was closed under us
+                return False
+            self.controller.on_failure(req, f"{type(exc).__name__}: {exc}")
+            self.get_logger().error(
+                f"policy failed, holding the last command until ~/reset or ~/enable: {exc}",
+                throttle_duration_sec=5.0,
+            )
+            return True
+        t_arrival = self.now_s()
+        skipped = self.controller.on_chunk(req, chunk, t_arrival)
+        if skipped >= 0:
+            self._publish_chunk_timing(req.t_obs, t_arrival, skipped)
+        if skipped < 0 and self.controller.fault:
+            self.get_logger().error(f"holding: {self.controller.fault}", throttle_duration_sec=5.0)
+        return True
 
     def _publish_chunk_timing(self, t_obs: float, t_arrival: float, skipped: int) -> None:
         """[t_obs, t_arrival, skipped_steps, inference_s] of an accepted chunk (node clock)."""
@@ -324,9 +420,12 @@ class PolicyNode(Node):
 
     # -- services -----------------------------------------------------------------------------
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> Any:
-        response.message = self.controller.enable(bool(request.data))
-        response.success = True
-        self.get_logger().info(f"~/enable {request.data}: {response.message}")
+        answer = self.controller.enable(bool(request.data), self.now_s())
+        response.success, response.message = answer.ok, answer.message
+        if answer.ok and request.data:
+            self._ensure_model()
+        log = self.get_logger().info if answer.ok else self.get_logger().error
+        log(f"~/enable {request.data}: {response.message}")
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
@@ -334,8 +433,20 @@ class PolicyNode(Node):
         self.runner.reset()
         response.success = True
         response.message = "reset: buffers cleared, new episode"
+        if self._ensure_model():
+            response.message += "; starting a new inference process"
         self.get_logger().info(response.message)
         return response
+
+    def _ensure_model(self) -> bool:
+        """After a fault is cleared: a dead inference process is replaced (by the worker, so
+        this service never blocks). True if a restart was asked for."""
+        alive = getattr(self.runner, "alive", None)
+        if alive is None or alive:
+            return False
+        self.controller.set_model_ready(False, "starting a new inference process")
+        self._restart_child.set()
+        return True
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -346,18 +457,27 @@ class PolicyNode(Node):
         rate = (len(ticks) - 1) / (ticks[-1] - ticks[0]) if len(ticks) > 2 else 0.0
         st["publish_rate_hz"] = round(rate, 1)
         st["last_inference_ms"] = round(1e3 * self.runner.last_inference_s, 1)
-        level = DiagnosticStatus.OK
-        if st["mode"] == "holding":
-            level = DiagnosticStatus.ERROR if st["fault"] else DiagnosticStatus.WARN
-        elif st["mode"] in ("disabled", "waiting"):
-            level = DiagnosticStatus.WARN if st["mode"] == "waiting" else DiagnosticStatus.OK
+        st["timeout_s"] = round(self.timeout_s, 3)
+        st["dry_run"] = self._dry_run
+        st["task"] = short_text(str(st["task"]))
+        st["last_request_task"] = short_text(str(st["last_request_task"]))
+        st["images_refused"] = self._decoder.failed
+        st["codec_warnings"] = self._decoder.codec_warnings
+        st["restarts"] = getattr(self.runner, "restarts", 0)
+        if self._decoder.codec_warnings > self._codec_warnings_seen:
+            n = self._decoder.codec_warnings - self._codec_warnings_seen
+            self._codec_warnings_seen = self._decoder.codec_warnings
+            self._bad_input("camera frames", ValueError(f"{n} codec warnings (corrupt JPEG data)"))
+        level, message = self.controller.health()
+        if self._dry_run:
+            message += " (dry run: commands on ~/action only)"
         diag = DiagnosticArray()
         diag.header.stamp = self.get_clock().now().to_msg()
         diag.status = [
             DiagnosticStatus(
-                level=level,
+                level=bytes([level]),
                 name=f"{self.get_name()}: policy",
-                message=str(st["mode"]) + (f" ({st['fault']})" if st["fault"] else ""),
+                message=message,
                 hardware_id=self.cfg.robot.name,
                 values=[KeyValue(key=k, value=str(v)) for k, v in st.items()],
             )
@@ -378,9 +498,7 @@ class PolicyNode(Node):
         self._decoder.stop()
         with contextlib.suppress(queue.Full):
             self._requests.put_nowait(None)
-        close = getattr(self.runner, "close", None)  # ProcessRunner: stop the child process
-        if close is not None:
-            close()
+        self.runner.close()  # ProcessRunner: stops the child process
         self._worker.join(timeout=5.0)
         self._flush_tick_log()
 
@@ -412,6 +530,10 @@ def main(args: list[str] | None = None) -> int:
         # else: SIGTERM/SIGINT shut the context down while the executor was building its wait
         # set (rclpy raises RCLError there instead of ExternalShutdownException): a clean stop.
     finally:
+        # ros2 launch signals the node twice on Ctrl-C: a second SIGINT during the cleanup is
+        # absorbed (every step below is bounded), so the exit is clean and without a traceback.
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to install
+            signal.signal(signal.SIGINT, lambda *_: None)
         if node is not None:
             node.shutdown()
             node.destroy_node()

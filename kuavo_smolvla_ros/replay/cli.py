@@ -33,6 +33,7 @@ from typing import Any
 
 from kuavo_smolvla_ros.bag import BagError, open_bag
 from kuavo_smolvla_ros.core.config import ConfigError, default_config_path, load_config
+from kuavo_smolvla_ros.replay.isolation import claim_out_dir
 from kuavo_smolvla_ros.replay.live import replay_live
 from kuavo_smolvla_ros.replay.offline import (
     DEFAULT_LATENCY_S,
@@ -125,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {msg}", file=sys.stderr)
 
     bag: Any = args.bag if len(args.bag) > 1 else args.bag[0]
+    name = Path(args.bag[0]).name.split(".")[0] or "bag"
+    out = Path(args.out or f"replay_{name}_{args.mode}")
     try:
+        claim_out_dir(out)  # before any work: never write into (or delete) someone's files
         # The bag first: an unreadable bag or absent inputs fail before the model loads.
         with open_bag(bag) as reader:
             default = "kuavo_ros1_stock.yaml" if reader.ros1 else "kuavo_smolvla.yaml"
@@ -137,8 +141,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ticks = None
         if args.timeline:
             ticks, latency = timeline_from_dir(args.timeline)
-        name = Path(args.bag[0]).name.split(".")[0] or "bag"
-        out = Path(args.out or f"replay_{name}_{args.mode}")
         progress = False if args.no_progress else None
         device = args.device or cfg.policy.device
         if args.mode == "offline":

@@ -6,7 +6,8 @@ on a 5 ms grid of bag time and the node's input topics in log-time order, at ``s
 node's outputs (arm and gripper commands, ``~/action``, ``~/chunk_timing``, ``/diagnostics``)
 are recorded into ``DIR/outputs`` (a ROS 2 mcap bag, log time = the message's own stamp, i.e.
 bag time) and the result is computed from them. Live mode publishes on the configured topic
-names: run it on a ROS domain of its own (``ROS_DOMAIN_ID``), never beside a robot.
+names, so the node, the player and the recorder run on a private, automatically chosen
+``ROS_DOMAIN_ID`` with localhost-only discovery (``replay/isolation.py``), whatever the shell has.
 
 Messages the node cannot subscribe to as recorded are converted first, so that no kuavo_msgs
 install is needed: a state source whose type is not the configured one or not installed (stock
@@ -45,6 +46,13 @@ import numpy as np
 from kuavo_smolvla_ros.bag import BagError, BagReader, BagWriter, open_bag, typestore_for
 from kuavo_smolvla_ros.core.config import NODE_NAME, Config, ConfigError, SourceConfig, to_dict
 from kuavo_smolvla_ros.core.observation import SourceExtractor
+from kuavo_smolvla_ros.replay.isolation import (
+    choose_domain_id,
+    claim_out_dir,
+    isolation_line,
+    private_ros_env,
+    scoped_env,
+)
 from kuavo_smolvla_ros.replay.plan import (
     JOINT_STATE,
     MESSAGE_ERRORS,
@@ -307,8 +315,8 @@ def replay_live(
     """Play ``bag`` to the real node over ROS 2 with a simulated clock (module docstring,
     "live"); record its outputs into ``out_dir/outputs`` and return them as a ReplayResult.
 
-    The node runs in a child process (log: ``out_dir/node.log``); this process joins the ROS
-    domain of the environment (``ROS_DOMAIN_ID``) with a private rclpy context.
+    The node runs in a child process (log: ``out_dir/node.log``); it and this process's private
+    rclpy context share a private domain id chosen here, discovery localhost only.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -319,8 +327,7 @@ def replay_live(
     if not (math.isfinite(speed) and speed > 0):
         raise ConfigError(f"--speed {speed}: must be > 0.")
     checkpoint = resolve_checkpoint(checkpoint)  # a clear error before the node starts
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_out_dir(out_dir)  # refuses a directory holding files replay did not write
     cfg = replay_config(cfg, task)
     policy = dataclasses.replace(
         cfg.policy,
@@ -330,7 +337,7 @@ def replay_live(
     )
     cfg = dataclasses.replace(cfg, policy=policy)
     outputs_bag = out_dir / "outputs"
-    if outputs_bag.exists():
+    if outputs_bag.exists():  # an earlier replay's own recording (claim_out_dir checked)
         import shutil
 
         shutil.rmtree(outputs_bag)
@@ -352,8 +359,13 @@ def replay_live(
             "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
         }
 
+        # Never on the shell's ROS network: a private domain, localhost discovery (isolation.py).
+        domain_id = choose_domain_id()
+        ros_env = private_ros_env(domain_id)
+        print(isolation_line(domain_id), file=sys.stderr, flush=True)
         ctx = rclpy.Context()
-        rclpy.init(context=ctx)
+        with scoped_env(ros_env):
+            rclpy.init(context=ctx, domain_id=domain_id)
         node = executor = spin_thread = proc = None
         log_file = open(log_path, "w")  # noqa: SIM115 - closed in finally
         stats = InputStats()
@@ -386,9 +398,7 @@ def replay_live(
 
             cmd = [sys.executable, "-m", "kuavo_smolvla_ros.ros.node", "--ros-args"]
             cmd += ["--params-file", str(params)]
-            proc = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, env=dict(os.environ)
-            )
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=ros_env)
             _wait_for_node(proc, node, publishers, clock_pub, record, log_path, startup_timeout_s)
 
             player = _Player(clock_pub, publishers, pubs, speed)
@@ -461,6 +471,7 @@ def replay_live(
             "outputs_bag": str(outputs_bag),
             "node_log": str(log_path),
             "node_params": str(params),
+            "ros_domain_id": domain_id,
         },
     )
 

@@ -25,6 +25,7 @@ from kuavo_smolvla_ros.core.config import (
     flatten,
     load_config,
     parameter_fields,
+    parameter_table_markdown,
     to_dict,
 )
 from kuavo_smolvla_ros.ros.parameters import ALIASES, ConfigParameters
@@ -303,3 +304,15 @@ def test_bad_value_in_a_params_file_is_refused_at_start(ros_node, tmp_path):
 def test_deprecated_publish_rate_parameter_still_sets_the_rate(ros_node):
     node = ros_node(["-p", "scheduler.publish_rate_hz:=50"])
     assert ConfigParameters(node).config.outputs.publish_rate_hz == 50.0
+
+
+def test_readme_parameter_table_is_the_generated_one():
+    text = (REPO / "README.md").read_text()
+    begin = text.index("<!-- parameters:begin")
+    table = text[text.index("\n", begin) + 1 : text.index("<!-- parameters:end -->")].strip()
+    assert table == parameter_table_markdown(), (
+        "README parameter table is out of date; regenerate it with .venv/bin/python -c"
+        ' "from kuavo_smolvla_ros.core.config import parameter_table_markdown as t; print(t())"'
+    )
+    for spec in SPECS:
+        assert f"| `{spec.name}` |" in table

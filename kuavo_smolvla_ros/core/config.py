@@ -886,3 +886,32 @@ def default_config_path(name: str = "kuavo_smolvla.yaml") -> Path:
         return Path(get_package_share_directory("kuavo_smolvla_ros")) / "config" / name
     except Exception:
         return here.parent / "config" / name
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        if len(value) > 3:
+            return f"{len(value)} values"
+        return "[" + ", ".join(_cell(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"' if value == "" or " " in value else value
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parameter_table_markdown() -> str:
+    """The README's parameter table, generated from the dataclasses (test_config checks the
+    README holds exactly this; the test prints the command that regenerates it)."""
+    rows = [
+        "| parameter | default | unit | bounds | runtime | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in parameter_fields():
+        bounds = describe_bounds(p.bounds)
+        if p.choices:
+            bounds = " \\| ".join(p.choices)
+        desc = p.description.replace("|", "\\|")
+        row = [f"`{p.name}`", _cell(p.default).replace("|", "\\|"), p.unit, bounds]
+        rows.append("| " + " | ".join([*row, "yes" if p.runtime else "", desc]) + " |")
+    return "\n".join(rows)

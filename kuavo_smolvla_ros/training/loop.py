@@ -82,6 +82,10 @@ def build_stage(
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.factory import make_policy, make_pre_post_processors
 
+    from kuavo_smolvla_ros.runners.trust import check_checkpoint_trust
+
+    # The source's processor files may name only LeRobot's registered steps (runners/trust.py).
+    check_checkpoint_trust(src_ckpt, cfg.policy.trust_remote_code)
     policy_cfg = read_policy_config(src_ckpt, device)
     policy_cfg.pretrained_path = src_ckpt
     policy_cfg.push_to_hub = False

@@ -231,10 +231,8 @@ def test_demo_bag_images_are_jpeg_of_the_requested_size(demo):
 # Command line
 
 
-def test_cli_writes_the_make_demo_layout_quickly(tmp_path, capsys):
-    t0 = time.monotonic()
+def test_cli_writes_the_make_demo_layout(tmp_path, capsys):
     assert main([str(tmp_path / "demo_bag")]) == 0  # defaults: 20 s, sqlite3
-    assert time.monotonic() - t0 < 15.0
     assert (tmp_path / "demo_bag" / "metadata.yaml").is_file()
     assert "wrote" in capsys.readouterr().out
     with open_bag(tmp_path / "demo_bag") as bag:
@@ -246,6 +244,13 @@ def test_cli_writes_the_make_demo_layout_quickly(tmp_path, capsys):
     assert main([str(tmp_path / "demo_bag"), "--duration", "1", "--overwrite"]) == 0
     with open_bag(tmp_path / "demo_bag") as bag:
         assert bag.duration_s < 1.01
+
+
+@pytest.mark.timing
+def test_cli_writes_the_default_20_s_demo_bag_in_under_15_s(tmp_path):
+    t0 = time.monotonic()
+    assert main([str(tmp_path / "demo_bag")]) == 0
+    assert time.monotonic() - t0 < 15.0
 
 
 def test_cli_ros1_appends_bag_suffix_and_split_writes_a_directory(tmp_path):

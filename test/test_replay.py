@@ -206,11 +206,30 @@ def test_task_comes_from_the_bag_when_recorded_else_from_the_config_or_cli(runne
 # Live mode: the node over ROS 2 with a simulated clock
 
 
+@pytest.fixture(scope="module")
+def live_runs(bags, tiny_checkpoint, tmp_path_factory):
+    """``live_runs(fmt) -> (result, report, out_dir)``: one live replay per format, shared by
+    the behaviour test and the timing test."""
+    done: dict[str, tuple] = {}
+
+    def run(fmt: str) -> tuple:
+        if fmt not in done:
+            out = tmp_path_factory.mktemp(f"live_{fmt}") / "live"
+            cfg = config_for(fmt)
+            live = replay_live(
+                bags[fmt], tiny_checkpoint, cfg, out, seed=0, device="cpu", progress=False
+            )
+            rep = make_report(live, cfg)
+            write_report(rep, live, cfg, out)
+            done[fmt] = (live, rep, out)
+        return done[fmt]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["sqlite3", "ros1"])
-def test_live_and_offline_modes_agree_on_the_commanded_trajectory(
-    fmt, runner, bags, tiny_checkpoint, tmp_path
-):
+def test_live_and_offline_modes_agree_on_the_commanded_trajectory(fmt, runner, bags, live_runs):
     """Offline replay of the live run's own timeline (its ticks and chunk latencies) must give
     the commands the node gave. What may differ: a chunk merged at the very sim time of a tick
     shapes that tick or the next one (the node's inference thread and timer race), which moves
@@ -218,12 +237,8 @@ def test_live_and_offline_modes_agree_on_the_commanded_trajectory(
     deg per arm joint, 8 claw units; and the observation behind a chunk may hold a joint state
     one message older (measured effect on the tiny model's chunk < 0.001 deg)."""
     cfg = config_for(fmt)
-    live = replay_live(
-        bags[fmt], tiny_checkpoint, cfg, tmp_path / "live", seed=0, device="cpu", progress=False
-    )
-    rep = make_report(live, cfg)
-    write_report(rep, live, cfg, tmp_path / "live")
-    ticks, latencies = timeline_from_dir(tmp_path / "live")  # what --timeline DIR uses
+    live, rep, out = live_runs(fmt)
+    ticks, latencies = timeline_from_dir(out)  # what --timeline DIR uses
     mem_ticks, mem_latencies = live_timeline(live)
     np.testing.assert_allclose(ticks, mem_ticks, rtol=0, atol=1e-6)
     np.testing.assert_allclose(latencies, mem_latencies, rtol=0, atol=1e-6)
@@ -232,21 +247,25 @@ def test_live_and_offline_modes_agree_on_the_commanded_trajectory(
 
     scale = metrics.report_scale(16, cfg.robot.gripper_indices)
     cmp = metrics.compare_trajectories(live.cmd_t, live.cmd * scale, off.cmd_t, off.cmd * scale)
-    assert cmp["n"] >= 0.9 * len(live.cmd_t) >= 0.5 * SECONDS * 100
+    assert cmp["n"] >= 0.9 * len(live.cmd_t) > 0
     v_max = np.asarray(cfg.robot.max_velocity) * scale * 2 * (2 / 100)
     assert np.all(cmp["max_abs"] <= v_max + 1e-6), (cmp["max_abs"], v_max)
-    assert len(off.chunks) == len(live.chunks) >= 2
+    assert len(off.chunks) == len(live.chunks) >= 1
 
+    # Chunks in sim time (bag time): observed inside the bag, merged after their observation;
+    # the node's own counters agree with what was recorded.
+    assert all(live.t_start - 1e-6 <= c.t_obs <= c.t_arrival for c in live.chunks)
+    assert live.counters["requests"] >= len(live.chunks)
     assert rep["mode"] == "live" and rep["n_chunks"] == len(live.chunks)
     assert rep["task"] == "pick up the object"  # what the node reported in /diagnostics
     assert rep["latency_ms"]["n"] >= len(live.chunks) - 1 and rep["latency_ms"]["p50"] > 0
-    assert rep["rate_hz"] > 20 and rep["mae_mean"]["arm_deg"] is not None
+    assert rep["mae_mean"]["arm_deg"] is not None
     assert "clamped" in rep and "holds" in rep  # from the node's /diagnostics
     if fmt == "ros1":
         assert any("/sensors_data_raw" in n and "JointState" in n for n in live.info["notes"])
 
     # The recorded outputs: a ROS 2 bag whose arm command is ~/action in degrees.
-    with open_bag(tmp_path / "live" / "outputs") as b:
+    with open_bag(out / "outputs") as b:
         topics = set(b.topics)
         action = {
             (m.msg.header.stamp.sec, m.msg.header.stamp.nanosec): np.array(m.msg.position)
@@ -259,9 +278,20 @@ def test_live_and_offline_modes_agree_on_the_commanded_trajectory(
     assert {"/kuavo_arm_traj", "/gripper/command", "/diagnostics"} <= topics
     assert "/kuavo_smolvla_policy/chunk_timing" in topics
     matched = [(a, action[(s, ns)]) for s, ns, a in arm if (s, ns) in action]
-    assert len(matched) > 100
+    assert len(matched) >= 0.9 * len(arm) > 0
     for a, act in matched[::50]:
         np.testing.assert_allclose(a, np.degrees(act[[*range(7), *range(8, 15)]]), atol=1e-9)
+
+
+@pytest.mark.timing
+@pytest.mark.slow
+def test_live_replay_at_speed_1_publishes_most_ticks_and_two_chunks(live_runs):
+    """Wall-clock dependent: at x1 the node must keep up with the played clock (an idle
+    machine publishes nearly every 100 Hz tick; a loaded one misses ticks and chunks)."""
+    live, rep, _ = live_runs("sqlite3")
+    assert len(live.cmd_t) >= 0.5 * SECONDS * 100
+    assert rep["rate_hz"] > 20
+    assert len(live.chunks) >= 2
 
 
 # ---------------------------------------------------------------------------------------------

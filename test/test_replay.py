@@ -29,7 +29,6 @@ SECONDS = 3.0
 CAM_L = "/cam_l/color/image_raw/compressed"
 CAM_H = "/cam_h/color/image_raw/compressed"
 ARM_NAMES = [f"arm_joint_{i}" for i in range(14)]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def config_for(fmt: str) -> Config:
@@ -298,13 +297,13 @@ def test_live_replay_at_speed_1_publishes_most_ticks_and_two_chunks(live_runs):
 # Bad input: a clear line, a partial report where possible, exit 1 only when nothing is left
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "kuavo_smolvla_ros.replay.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=REPO,
+        cwd=cwd,  # a default --out lands here, never in the checkout
     )
 
 
@@ -316,7 +315,7 @@ def test_unreadable_bag_is_one_clear_line_and_exit_1(case, tmp_path):
     elif case != "missing":
         data = b"" if case.startswith("empty") else np.random.default_rng(0).bytes(5000)
         path.write_bytes(data)
-    proc = run_cli(str(path), "--checkpoint", str(tmp_path / "no_ckpt"))
+    proc = run_cli(str(path), "--checkpoint", str(tmp_path / "no_ckpt"), cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kuavo-smolvla-replay: "), proc.stderr
@@ -360,15 +359,18 @@ def test_truncated_sqlite3_bag_gives_a_partial_report(runner, tmp_path):
 
 def test_absent_input_topic_means_nothing_to_evaluate(tiny_checkpoint, tmp_path, capsys):
     bag = write(tmp_path / "bag", [m for m in messages() if m[0] != CAM_L])
-    rc = main([str(bag), "--checkpoint", str(tiny_checkpoint)])
+    rc = main([str(bag), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1
     assert CAM_L in err[0] and "not in the bag" in err[0] and "/joint_states" in err[0]
 
 
-def test_stock_ros1_bag_with_the_ros2_config_names_the_right_config(bags, tiny_checkpoint, capsys):
+def test_stock_ros1_bag_with_the_ros2_config_names_the_right_config(
+    bags, tiny_checkpoint, tmp_path, capsys
+):
     cfg = str(default_config_path("kuavo_smolvla.yaml"))
-    rc = main([str(bags["ros1"]), "--checkpoint", str(tiny_checkpoint), "--config", cfg])
+    args = ["--checkpoint", str(tiny_checkpoint), "--config", cfg, "--out", str(tmp_path / "o")]
+    rc = main([str(bags["ros1"]), *args])
     err = capsys.readouterr().err
     assert rc == 1 and "/joint_states" in err and "kuavo_ros1_stock.yaml" in err
 
@@ -387,7 +389,7 @@ def test_input_topic_of_an_unknown_type_means_nothing_to_evaluate(
     tiny_checkpoint, tmp_path, capsys
 ):
     bag = write_with_unknown_type(tmp_path / "bag", messages(), CAM_L, "acme_msgs/msg/Frame")
-    rc = main([str(bag), "--checkpoint", str(tiny_checkpoint)])
+    rc = main([str(bag), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1
     assert CAM_L in err[0] and "acme_msgs/msg/Frame" in err[0]

@@ -30,7 +30,7 @@ import os
 import re
 import sys
 import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -172,16 +172,25 @@ class BagReader:
                 f"{path}: not a ROS 1 bag{empty}: {reason}. Expected a .bag file written by"
                 " rosbag record, a ROS 2 bag directory, or a .db3/.mcap file."
             )
-        scan = Ros1Scan(path, f"bag index unreadable ({reason.rstrip('.')})")
+        return self._salvage(
+            Ros1Scan(path, f"bag index unreadable ({reason.rstrip('.')})"),
+            lambda exc: (
+                f"{path}: ROS 1 bag is damaged ({reason}) and its chunks cannot be"
+                f" scanned either ({describe_exc(exc)})."
+            ),
+        )
+
+    def _salvage(
+        self, reader: Ros1Scan | Sqlite3Salvage, failed: Callable[[Exception], str]
+    ) -> _Source:
+        """Open a salvage reader (``failed(exc)``: the BagError text if even that fails)."""
         try:
-            scan.open()
-        except Exception as exc2:
-            scan.close()
-            raise BagError(
-                f"{path}: ROS 1 bag is damaged ({reason}) and its chunks cannot be scanned"
-                f" either ({describe_exc(exc2)})."
-            ) from None
-        src = _Source(str(path), scan, True, damage=scan.damage, notes=list(scan.notes))
+            reader.open()
+        except Exception as exc:
+            reader.close()
+            raise BagError(failed(exc)) from None
+        ros1 = isinstance(reader, Ros1Scan)
+        src = _Source(str(reader.path), reader, ros1, damage=reader.damage, notes=reader.notes)
         self.warnings.extend(src.notes)
         return src
 
@@ -216,16 +225,14 @@ class BagReader:
             if f.suffix != ".db3" or not _is_sqlite(f):
                 raise BagError(f"{f}: cannot open ROS 2 bag file: {_explain(f, err)}")
             salvage = Sqlite3Salvage(f, f"database damaged ({describe_exc(err)})")
-            try:
-                salvage.open()
-            except Exception as exc2:
-                salvage.close()
-                raise BagError(
-                    f"{f}: damaged sqlite3 bag, nothing readable: {_explain(f, exc2)}"
-                ) from None
-            src = _Source(str(f), salvage, False, damage=salvage.damage, notes=salvage.notes)
-            self.warnings.extend(src.notes)
-            sources.append(src)
+            sources.append(
+                self._salvage(
+                    salvage,
+                    lambda exc, f=f: (
+                        f"{f}: damaged sqlite3 bag, nothing readable: {_explain(f, exc)}"
+                    ),
+                )
+            )
         return sources
 
     def _ros2_source(self, path: Path, reader: Any) -> _Source:

@@ -77,10 +77,18 @@ def _decompress_chunk(compression: str, data: bytes) -> bytes:
     raise ValueError(f"unsupported chunk compression {compression!r}")
 
 
-class _IndexSpan:
-    """Start/end times (ns) of a salvage reader's ``_index`` of ``(t_ns, ...)`` tuples, sorted."""
+class _Salvage:
+    """What both salvage readers keep: ``damage`` (what was lost, or None), ``notes`` (what was
+    done), the connections found, and start/end times (ns) of ``_index``, a sorted list of
+    ``(t_ns, ...)`` tuples."""
 
-    _index: list
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        self.damage: str | None = None
+        self.notes: list[str] = []
+        self.connections: list[Connection] = []
+        self._index: list[tuple] = []
 
     @property
     def start_time(self) -> int:
@@ -91,7 +99,7 @@ class _IndexSpan:
         return self._index[-1][0] + 1 if self._index else 0
 
 
-class Ros1Scan(_IndexSpan):
+class Ros1Scan(_Salvage):
     """Reads a ROS 1 bag without its index (truncated, or never closed: ``.bag.active``).
 
     Walks the records from the start of the file like ``rosbag reindex`` and keeps an
@@ -100,11 +108,7 @@ class Ros1Scan(_IndexSpan):
     """
 
     def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        self.damage: str | None = None
-        self.notes: list[str] = []
-        self.connections: list[Connection] = []
+        super().__init__(path, reason)
         self._conns: dict[int, Connection] = {}
         self._index: list[tuple[int, int, int, int]] = []  # (time, chunk #, offset, conn id)
         self._chunks: list[tuple[int, int, str]] = []  # (data pos, length, compression)
@@ -236,7 +240,7 @@ class Ros1Scan(_IndexSpan):
             self._bio = None
 
 
-class Sqlite3Salvage(_IndexSpan):
+class Sqlite3Salvage(_Salvage):
     """Reads what is left of a damaged rosbag2 ``.db3`` (truncated copy, crashed recorder).
 
     rosbags needs the whole page tree to open a database; here the messages are read by row id
@@ -244,11 +248,7 @@ class Sqlite3Salvage(_IndexSpan):
     """
 
     def __init__(self, path: Path, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        self.damage: str | None = None
-        self.notes: list[str] = []
-        self.connections: list[Connection] = []
+        super().__init__(path, reason)
         self._db: Any = None
         self._index: list[tuple[int, int, int]] = []  # (time, row id, topic id)
 

@@ -72,6 +72,7 @@ from kuavo_smolvla_ros.replay.plan import (
     replay_config,
     resolve_topic,
 )
+from kuavo_smolvla_ros.ros.child import node_command, stop_node
 from kuavo_smolvla_ros.ros.messages import import_message, is_installed, normalize_type
 
 __all__ = ["plan_live", "replay_live", "write_node_params"]
@@ -281,16 +282,6 @@ class _Recorder:
             return list(self.msgs)
 
 
-def _stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
-
-
 def _log_tail(path: Path, n: int = 8) -> str:
     try:
         lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
@@ -396,8 +387,7 @@ def replay_live(
             spin_thread = threading.Thread(target=executor.spin, daemon=True)
             spin_thread.start()
 
-            cmd = [sys.executable, "-m", "kuavo_smolvla_ros.ros.node", "--ros-args"]
-            cmd += ["--params-file", str(params)]
+            cmd = node_command("--params-file", str(params))
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=ros_env)
             _wait_for_node(proc, node, publishers, clock_pub, record, log_path, startup_timeout_s)
 
@@ -413,7 +403,7 @@ def replay_live(
                 _wait_for_diagnostics(recorder, t_last, proc, timeout_s=15.0)
         finally:
             if proc is not None:
-                rc = _stop_process(proc)
+                rc = stop_node(proc)
                 if rc not in (0, -signal.SIGINT, 130):
                     warnings.append(f"the policy node exited with code {rc} (see {log_path})")
             if executor is not None:

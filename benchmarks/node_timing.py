@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kuavo_smolvla_ros.ros.child import stop_node
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -347,12 +348,7 @@ def start_policy_node(
 
 
 def stop_policy_node(proc: subprocess.Popen, timeout: float = 30.0) -> int:
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+    return stop_node(proc, timeout)
 
 
 def wait_first_command(robot: RobotSim, proc: subprocess.Popen, timeout: float) -> float:

@@ -13,7 +13,6 @@ shows as a jump. ``follow=True`` makes the measured pose the last command (a per
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from kuavo_smolvla_ros.core.config import KUAVO_JOINT_NAMES, Config
 from kuavo_smolvla_ros.core.safety import invariant_violations
+from kuavo_smolvla_ros.ros.child import stop_node  # noqa: F401 - re-exported for tests
 
 NODE = "/kuavo_smolvla_policy"
 ARM_NAMES = [n for n in KUAVO_JOINT_NAMES if "claw" not in n]
@@ -290,15 +290,6 @@ def start_node(
     return subprocess.Popen(
         args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
     )
-
-
-def stop_node(proc: subprocess.Popen, timeout: float = 20.0) -> int:
-    proc.send_signal(signal.SIGINT)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 def child_pids(pid: int) -> list[int]:

@@ -316,3 +316,28 @@ def test_readme_parameter_table_is_the_generated_one():
     )
     for spec in SPECS:
         assert f"| `{spec.name}` |" in table
+
+
+@pytest.mark.slow
+def test_running_node_refuses_read_only_parameters_and_accepts_the_task(tiny_checkpoint, tmp_path):
+    """``ros2 param set /kuavo_smolvla_policy checkpoint X`` used to report success and do
+    nothing: over ROS, on the real node, it is refused with a reason now."""
+    from kuavo_smolvla_ros.testing.fake_robot import FakeKuavo, start_node, stop_node
+
+    rclpy.init()
+    proc = start_node(tiny_checkpoint, "policy.backend:=thread", log=tmp_path / "node.log")
+    fake = None
+    try:
+        fake = FakeKuavo()
+        assert fake.param_cli.wait_for_service(timeout_sec=120), (tmp_path / "node.log").read_text()
+        for name, value in [("checkpoint", "X"), ("device", "cuda"), ("scheduler.action_fps", 5.0)]:
+            res = fake.set_parameter(name, value)
+            assert not res.successful and "read-only" in res.reason, (name, res.reason)
+        res = fake.set_parameter("task", "stack the cups")
+        assert res.successful, res.reason
+    finally:
+        if fake is not None:
+            fake.close()
+        assert stop_node(proc) == 0
+        rclpy.shutdown()
+    assert "'stack the cups'" in (tmp_path / "node.log").read_text()  # the node logged the new task

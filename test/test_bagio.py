@@ -683,3 +683,14 @@ def test_writer_refuses_to_overwrite_unless_asked(tmp_path):
 def test_unknown_format_is_a_clear_error(tmp_path):
     with pytest.raises(BagError, match="unknown bag format"):
         BagWriter(tmp_path / "x", "ros3")
+
+
+def test_python_m_bag_prints_topics_or_one_error_line(stock_bag, tmp_path, capsys):
+    from kuavo_smolvla_ros.bag.__main__ import main
+
+    assert main([str(stock_bag)]) == 0
+    out = capsys.readouterr().out
+    assert "[ros1]" in out and "/leju_claw_state  kuavo_msgs/msg/lejuClawState  40" in out
+    assert main([str(tmp_path / "absent")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: bag not found: {tmp_path / 'absent'}"]

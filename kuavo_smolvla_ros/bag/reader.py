@@ -19,7 +19,7 @@ that fails to decode is skipped and counted (``reader.skipped``), not fatal. Top
 but absent from the bag are ignored (the iteration is simply empty for them); use
 ``reader.require(topics)`` to turn absence into a ``BagError`` that lists what the bag has.
 
-``python -m kuavo_smolvla_ros.bag.reader BAG...`` prints topics, types, counts and times.
+``python -m kuavo_smolvla_ros.bag BAG...`` prints topics, types, counts and times.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import contextlib
 import heapq
 import os
 import re
-import sys
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -612,29 +611,3 @@ def open_bag(path: str | os.PathLike | Sequence[str | os.PathLike]) -> BagReader
     reader = BagReader(paths, kinds.pop())
     reader.warnings.extend(notes)
     return reader.open()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kuavo_smolvla_ros.bag.reader BAG...``: print topics, types, counts, times."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("bag", nargs="+", help="bag directory, .db3/.mcap file or .bag file(s)")
-    args = parser.parse_args(argv)
-    try:
-        with open_bag(args.bag if len(args.bag) > 1 else args.bag[0]) as bag:
-            print(f"{bag.name}  [{bag.format}]  {bag.duration_s:.2f} s, {bag.message_count} msgs")
-            for topic, (msgtype, n) in bag.topics.items():
-                print(f"  {topic}  {msgtype}  {n}")
-            for w in bag.warnings:
-                print(f"  warning: {w}")
-            if bag.damage:
-                print(f"  damaged: {bag.damage}")
-    except BagError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -100,3 +101,27 @@ def test_unreadable_processor_file_is_a_checkpoint_error(tiny_checkpoint_copy):
     (tiny_checkpoint_copy / "policy_preprocessor.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not readable JSON"):
         check_checkpoint_trust(tiny_checkpoint_copy)
+
+
+def test_policy_revision_pins_the_hub_snapshot(tmp_path):
+    """``policy.revision`` reaches the hub client: in a hub cache holding two revisions of one
+    repo (offline, real huggingface_hub), the pinned tag resolves to its own snapshot."""
+    import subprocess
+    import sys
+
+    repo = tmp_path / "hub" / "models--kuavo--policy"
+    for ref, commit in (("main", "a" * 40), ("v1", "b" * 40)):
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    code = (
+        "from kuavo_smolvla_ros.runners.eager import resolve_checkpoint as r;"
+        "print(r('kuavo/policy').name, r('kuavo/policy', 'v1').name)"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["a" * 40, "b" * 40]

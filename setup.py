@@ -35,6 +35,8 @@ setup(
             "kuavo-smolvla-make-demo-bag = kuavo_smolvla_ros.demo.bag:main",
             "kuavo-smolvla-train = kuavo_smolvla_ros.training.cli:main",
             "kuavo-smolvla-convert = kuavo_smolvla_ros.training.convert:main",
+            "kuavo-smolvla-sim = kuavo_smolvla_ros.sim.cli:main",
+            "kuavo-smolvla-eval = kuavo_smolvla_ros.sim.eval:main",
         ],
     },
 )

@@ -190,7 +190,7 @@ class SimRobot:
 
             try:
                 self._renderer = mujoco.Renderer(self.model, self.cfg.height, self.cfg.width)
-            except Exception as exc:  # noqa: BLE001 - any GL failure means the same to the user
+            except Exception as exc:  # any GL failure means the same to the user
                 err = " ".join(str(exc).split()) or type(exc).__name__
                 gl = os.environ.get("MUJOCO_GL", "")
                 raise SimError(GL_HELP.format(gl=gl, err=f"{type(exc).__name__}: {err}")) from None

@@ -161,6 +161,17 @@ def test_a_converted_bag_fine_tunes_and_the_result_runs(ros2_dataset, tiny_check
     assert runner.predict_chunk(state, images, "pick up").shape == (50, 16)
 
 
+def test_cameras_stored_as_images_hold_the_same_frames_and_need_no_video(ros2_bags, tmp_path):
+    root = convert.convert_bags(ros2_bags[:1], tmp_path / "images", task="pick up", video=False)
+    features = json.loads((root / "meta" / "info.json").read_text())["features"]
+    assert {features[f"observation.images.{c}"]["dtype"] for c in CAMERAS} == {"image"}
+    assert not list(root.rglob("*.mp4")), "no video files"
+    check_round_trip(root, ros2_bags[0], ros1=False)
+    assert convert.main([str(ros2_bags[0]), "--out", str(tmp_path / "cli"), "--task", "x",
+                         "--images"]) == 0  # fmt: skip
+    assert not list((tmp_path / "cli").rglob("*.mp4"))
+
+
 def test_a_bag_without_the_configured_topics_is_refused_with_a_hint(ros1_bag, tmp_path):
     out = tmp_path / "never"
     with pytest.raises(convert.ConvertError, match="kuavo_ros1_stock.yaml") as err:

@@ -33,6 +33,7 @@ def write_dataset(
     task: str = "pick up the cube",
     phase: float = 0.0,
     seed: int = 0,
+    video: bool = True,
 ) -> Path:
     """A LeRobot dataset of smooth joint motions, action = next state, images tinted by state."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -43,12 +44,12 @@ def write_dataset(
     }
     for cam in cameras:
         features[f"observation.images.{cam}"] = {
-            "dtype": "video",
+            "dtype": "video" if video else "image",
             "shape": (size, size, 3),
             "names": ["height", "width", "channels"],
         }
     ds = LeRobotDataset.create(
-        f"local/{root.name}", fps=fps, features=features, root=root, use_videos=True
+        f"local/{root.name}", fps=fps, features=features, root=root, use_videos=video
     )
     rng = np.random.default_rng(seed)
     freq = 0.2 + 0.05 * np.arange(dim)
@@ -246,6 +247,7 @@ def test_a_base_checkpoint_with_other_dims_and_camera_names_is_fine_tuned_to_kua
         lower=(-1.0,) * 6,
         upper=(1.0,) * 6,
         max_velocity=(1.0,) * 6,
+        velocity_limits=(1.0,) * 6,
         gripper_indices=(5,),
     )
     base = build_demo_model(
@@ -330,3 +332,59 @@ def test_stages_mixing_an_unknown_dataset_is_refused(tiny_checkpoint, pick_datas
     ]
     with pytest.raises(training.StagesError, match="no earlier stage"):
         training.train_stages(tiny_checkpoint, stages, tmp_path / "o", options=FAST)
+
+
+def test_video_decodes_with_pyav_after_one_warning_line_where_torchcodec_cannot_load(
+    tiny_checkpoint, pick_dataset, tmp_path, caplog, recwarn
+):
+    """torchcodec needs FFmpeg's shared libraries, which its wheel does not bring: asked for it
+    anyway where they are missing (this repository's CI), training decodes with pyav."""
+    from kuavo_smolvla_ros.training import data
+
+    data._warn_fallback.cache_clear()
+    caplog.set_level("WARNING", logger="kuavo_smolvla_ros.training")
+    opts = dataclasses.replace(FAST, video_backend="torchcodec", val_samples=0)
+    for run in ("a", "b"):  # two runs in one process: still one warning
+        ckpt = training.finetune(
+            tiny_checkpoint, pick_dataset, tmp_path / run, steps=2, batch_size=2, options=opts
+        )
+        assert (ckpt / "model.safetensors").is_file()
+
+    said = [r.getMessage() for r in caplog.records if "torchcodec" in r.getMessage()]
+    reason = data._torchcodec_error()
+    if reason is None:  # FFmpeg is here: torchcodec decodes and nothing is said
+        assert said == []
+        assert data.video_backend("torchcodec") == "torchcodec"
+    else:
+        assert len(said) == 1 and "\n" not in said[0], said
+        assert "decoding video with pyav" in said[0] and reason in said[0]
+        assert data.video_backend("torchcodec") == "pyav"
+        assert not [w for w in recwarn if "video decoding" in str(w.message)]
+    assert data.video_backend("pyav") == "pyav"
+
+
+def test_action_chunks_read_from_column_tensors_equal_lerobots_own_reads(tmp_path):
+    """The loader's shortcut for image datasets (no PNG decoding for the 50 action rows) gives
+    LeRobot's items exactly, padding at episode ends included, also on an episode subset."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from kuavo_smolvla_ros.training.data import read_chunks_from_columns
+
+    root = write_dataset(tmp_path / "img", episodes=3, frames=20, size=16, video=False)
+    delta = {"action": [i / 10 for i in range(50)]}
+    for episodes in (None, [0, 2]):
+        mine, theirs = (
+            LeRobotDataset(
+                f"local/{root.name}", root=root, episodes=episodes, delta_timestamps=delta
+            )
+            for _ in range(2)
+        )
+        read_chunks_from_columns(mine)
+        assert mine._query_hf_dataset != theirs._query_hf_dataset
+        for i in (0, 7, 19, 20, len(theirs) - 1):
+            a, b = mine[i], theirs[i]
+            assert a.keys() == b.keys()
+            for key in b:
+                same = torch.equal(a[key], b[key]) if torch.is_tensor(b[key]) else a[key] == b[key]
+                assert same, (episodes, i, key)

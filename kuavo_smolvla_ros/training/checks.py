@@ -248,3 +248,12 @@ def plan_stages(
         seen = list({str(s.ref): s for s in sources}.values())
         plans.append(StagePlan(k, stage, steps, src, mix, seen, stage_map))
     return plans
+
+
+def check_output_dir(out: Path, resume: bool) -> None:
+    """A new run needs an empty or absent ``out``; ``resume`` continues the run already there."""
+    if not resume and out.exists() and any(out.iterdir()):
+        raise FileExistsError(
+            f"output directory {out} exists and is not empty: pass --resume (resume=True) to"
+            " continue its run, or choose another output directory."
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,12 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: preset)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=d.mixed_precision)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=d.num_workers,
+        help="loader workers per process (default: one per core, at most 8 on CUDA)",
+    )
+    p.add_argument(
+        "--prefetch-factor",
+        type=int,
+        default=d.prefetch_factor,
+        help="batches queued per loader worker",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-freq", type=int, default=d.save_freq, help="0: at the end only")
     p.add_argument("--log-freq", type=int, default=d.log_freq)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--val-samples", type=int, default=d.val_samples, help="0: no validation")
+    p.add_argument(
+        "--val-freq",
+        type=int,
+        default=d.val_freq,
+        help="also validate every N steps into the train log (0: after each stage)",
+    )
     p.add_argument("--action-horizon", type=int, default=None, help="must equal chunk_size")
     p.add_argument("--video-backend", choices=("torchcodec", "pyav"), default=None)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -61,11 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=a.device,
             mixed_precision=a.mixed_precision,
             num_workers=a.num_workers,
+            prefetch_factor=a.prefetch_factor,
             seed=a.seed,
             save_freq=a.save_freq,
             log_freq=a.log_freq,
             val_fraction=a.val_fraction,
             val_samples=a.val_samples,
+            val_freq=a.val_freq,
             action_horizon=a.action_horizon,
             video_backend=a.video_backend,
             resume=a.resume,
@@ -80,12 +100,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, dims.DimensionError, CheckpointError, FileExistsError) as exc:
         print(f"kuavo-smolvla-train: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
+    if os.environ.get("RANK", "0") != "0":  # the main process reports for the run
+        return 0
     if opts.val_samples:
         print(format_validation(result.validation))
     for r in result.stages:
         rate = f"{r.steps_per_s:.2f} steps/s" if r.steps_per_s else "already complete"
         print(f"{r.name}: {r.steps} steps ({rate}) -> {r.checkpoint}")
     return 0
+
+
+def _leave_process_group() -> None:
+    """Under torchrun / accelerate launch: leave the process group cleanly (no NCCL warning)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -300,7 +300,7 @@ def _write_frames(
 # The dataset.
 
 
-def _features(cfg: Config, shapes: dict[str, tuple]) -> dict[str, dict[str, Any]]:
+def _features(cfg: Config, shapes: dict[str, tuple], video: bool) -> dict[str, dict[str, Any]]:
     names = list(cfg.robot.joint_names)
     feats: dict[str, dict[str, Any]] = {
         dims.STATE_KEY: {"dtype": "float32", "shape": (cfg.robot.dim,), "names": names},
@@ -309,7 +309,7 @@ def _features(cfg: Config, shapes: dict[str, tuple]) -> dict[str, dict[str, Any]
     for cam in cfg.inputs.cameras.names:
         h, w = shapes[cam][:2]
         feats[dims.IMAGE_PREFIX + cam] = {
-            "dtype": "video",
+            "dtype": "video" if video else "image",
             "shape": (int(h), int(w), 3),
             "names": ["height", "width", "channels"],
         }
@@ -342,12 +342,15 @@ def convert_bags(
     image_size: tuple[int, int] | None = None,
     overwrite: bool = False,
     image_writer_threads: int = 4,
+    video: bool = True,
 ) -> Path:
     """Convert ``bags`` (one episode each) into a LeRobot dataset at ``out_root``; returns it.
 
     ``task``: one text for every bag or one per bag (default ``config.policy.task``). ``fps``
     defaults to ``config.scheduler.action_fps``. ``image_size`` (width, height) resizes the
-    cameras; by default the first bag's image size is kept.
+    cameras; by default the first bag's image size is kept. ``video=False`` stores the cameras
+    as PNG images in the parquet files instead of video: several times larger on disk, but
+    training reads them without decoding video (no FFmpeg for torchcodec, no PyAV seeks).
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -375,7 +378,7 @@ def convert_bags(
         if not (out_root / "meta" / "info.json").is_file() and any(out_root.iterdir()):
             raise ConvertError(f"{out_root} is not a LeRobot dataset; not overwriting it.")
         shutil.rmtree(out_root)
-    vcodec = pick_vcodec(vcodec)
+    vcodec = pick_vcodec(vcodec) if video else "libsvtav1"  # unused without video
 
     ds = None
     sidecar: dict[str, Any] = {"fps": fps, "vcodec": vcodec, "episodes": []}
@@ -390,10 +393,10 @@ def convert_bags(
                     ds = LeRobotDataset.create(
                         repo_id or f"local/{out_root.name}",
                         fps=round(fps),
-                        features=_features(cfg, shapes),
+                        features=_features(cfg, shapes, video),
                         root=out_root,
                         robot_type=cfg.robot.name,
-                        use_videos=True,
+                        use_videos=video,
                         vcodec=vcodec,
                         image_writer_threads=image_writer_threads,
                     )
@@ -462,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repo-id", default=None, help="dataset repo id (default local/<out name>)")
     p.add_argument("--vcodec", default="libsvtav1", choices=("libsvtav1", "h264", "hevc"))
     p.add_argument("--image-size", type=_size, default=None, help="WIDTHxHEIGHT resize")
+    p.add_argument("--images", action="store_true",
+                   help="store cameras as PNG images, not video (no decoder needed to train)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -479,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             vcodec=a.vcodec,
             image_size=a.image_size,
             overwrite=a.overwrite,
+            video=not a.images,
         )
     except (ConvertError, ConfigError, BagError) as exc:
         print(f"kuavo-smolvla-convert: {exc}", file=sys.stderr)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,14 +23,66 @@ log = logging.getLogger(__name__)
 
 
 @functools.cache
-def video_backend() -> str:
-    """LeRobot picks torchcodec whenever it is installed; it also needs FFmpeg's libraries."""
+def _torchcodec_error() -> str | None:
+    """Why torchcodec cannot decode here (None when it can): it needs FFmpeg's shared libraries,
+    which its wheel does not bring, and fails at import with a page-long message without them."""
     try:
         from torchcodec.decoders import VideoDecoder  # noqa: F401
+    except Exception as exc:  # ImportError, RuntimeError, OSError: all mean "cannot load"
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")
+        return f"{type(exc).__name__}: {first}"[:200]
+    return None
 
-        return "torchcodec"
-    except Exception:
-        return "pyav"
+
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    log.warning("torchcodec cannot load (%s); decoding video with pyav instead", reason)
+
+
+def video_backend(requested: str | None = None, has_video: bool = True) -> str:
+    """The video decoder for LeRobot: ``requested``, or torchcodec (LeRobot's default) when it
+    loads; else pyav, with one warning line per process instead of torchcodec's traceback."""
+    if not has_video:
+        return requested or "pyav"
+    if requested != "pyav":
+        reason = _torchcodec_error()
+        if reason is None:
+            return "torchcodec"
+        _warn_fallback(reason)
+    # LeRobot's pyav path goes through torchvision, which repeats a deprecation notice from
+    # every loader worker; the choice is deliberate here, so say it once (above) and no more.
+    warnings.filterwarnings("ignore", message=_TORCHVISION_VIDEO_NOTICE, category=UserWarning)
+    return "pyav"
+
+
+_TORCHVISION_VIDEO_NOTICE = "The video decoding and encoding capabilities of torchvision"
+
+
+def loader_settings(opts: TrainOptions, device: str, local_processes: int = 1) -> dict[str, Any]:
+    """DataLoader keyword arguments that keep the accelerator fed.
+
+    Workers (``num_workers=None``): one per core the process gets (cores / processes on this
+    machine, one left for the training loop), at most 8 on CUDA (at most 2 elsewhere, where the
+    workers compete with the model for the same cores). ``persistent_workers`` keeps them over
+    epochs: a small dataset ends an epoch every few dozen steps, and re-spawning the workers
+    (each re-opening the parquet files and video decoders) stalled a step at every epoch start.
+    ``prefetch_factor`` batches queued per worker absorb the slow items (a video seek, a cold
+    page cache). Pinned memory makes the host-to-GPU copy asynchronous.
+    """
+    cuda = device.startswith("cuda")
+    workers = opts.num_workers
+    if workers is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        workers = max(0, min(cores // max(local_processes, 1) - 1, 8 if cuda else 2))
+    return {
+        "num_workers": workers,
+        "pin_memory": cuda,
+        "persistent_workers": workers > 0,
+        "prefetch_factor": opts.prefetch_factor if workers > 0 else None,
+    }
 
 
 class TaskText:
@@ -57,9 +111,49 @@ def open_dataset(train_cfg: Any, src: Source, episodes: list[int] | None, opts: 
         root=str(src.ref.root) if src.ref.root else None,
         episodes=episodes,
         use_imagenet_stats=False,
-        video_backend=opts.video_backend or video_backend(),
+        video_backend=video_backend(opts.video_backend, bool(src.meta.video_keys)),
     )
-    return TaskText(make_dataset(dataclasses.replace(train_cfg, dataset=ds_cfg)), src.task)
+    dataset = make_dataset(dataclasses.replace(train_cfg, dataset=ds_cfg))
+    read_chunks_from_columns(dataset)
+    return TaskText(dataset, src.task)
+
+
+def read_chunks_from_columns(dataset: Any) -> None:
+    """Serve the action chunk of every item from a tensor of the whole column.
+
+    LeRobot reads an item's 50-step action chunk as ``hf_dataset["action"][indices]``, which
+    runs the dataset's torch transform over those whole rows. With image features (the
+    converter's ``--images``) that decodes 3 x 50 PNGs for one sample: 1.9 s per item at
+    640x480 on this repository's CPU, against 0.03 s for the rest of the item. The numeric
+    columns are small (frames x 16 floats), so they are read once, here, into tensors that
+    forked loader workers share; anything else still goes through LeRobot's own query.
+    """
+    import torch
+
+    if hasattr(dataset, "_ensure_hf_dataset_loaded"):
+        dataset._ensure_hf_dataset_loaded()
+    meta, hf = dataset.meta, dataset.hf_dataset
+    keys = [
+        k
+        for k in (dataset.delta_indices or {})
+        if k not in meta.video_keys and k not in meta.image_keys and k in hf.column_names
+    ]
+    if not keys:
+        return
+    table = hf.with_format("numpy", columns=keys)
+    columns = {k: torch.from_numpy(np.stack(table[k])) for k in keys}
+    lerobot_query = dataset._query_hf_dataset
+
+    def query(query_indices: dict[str, list[int]]) -> dict[str, Any]:
+        rest = {k: v for k, v in query_indices.items() if k not in columns}
+        out = lerobot_query(rest) if rest else {}
+        to_rel = dataset._absolute_to_relative_idx
+        for key in query_indices.keys() & columns.keys():
+            idx = query_indices[key]
+            out[key] = columns[key][idx if to_rel is None else [to_rel[i] for i in idx]]
+        return out
+
+    dataset._query_hf_dataset = query
 
 
 def aggregate_stats(sources: Sequence[Source]) -> dict[str, dict[str, np.ndarray]]:
@@ -76,7 +170,10 @@ def aggregate_stats(sources: Sequence[Source]) -> dict[str, dict[str, np.ndarray
     return out
 
 
-def train_loader(plan: StagePlan, train_cfg: Any, opts: TrainOptions, device: str):
+def train_loader(
+    plan: StagePlan, train_cfg: Any, opts: TrainOptions, device: str, local_processes: int = 1
+):
+    """The stage's loader over its own data and its replay mix; accelerate shards it."""
     import torch
     from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, WeightedRandomSampler
 
@@ -101,9 +198,7 @@ def train_loader(plan: StagePlan, train_cfg: Any, opts: TrainOptions, device: st
         dataset,
         batch_size=opts.batch_size,
         sampler=sampler,
-        num_workers=opts.num_workers,
-        pin_memory=device.startswith("cuda"),
         drop_last=False,
-        prefetch_factor=2 if opts.num_workers > 0 else None,
+        **loader_settings(opts, device, local_processes),
     )
     return loader, len(dataset), sum(d.dataset.num_episodes for d, _ in parts)

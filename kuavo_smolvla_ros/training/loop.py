@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,10 +28,17 @@ from kuavo_smolvla_ros.runners.eager import (
     read_policy_config,
 )
 from kuavo_smolvla_ros.training.checks import StagePlan
-from kuavo_smolvla_ros.training.data import aggregate_stats, train_loader, video_backend
+from kuavo_smolvla_ros.training.data import (
+    aggregate_stats,
+    open_dataset,
+    train_loader,
+    video_backend,
+)
 from kuavo_smolvla_ros.training.options import LOG_NAME, StageResult, TrainOptions
 
 log = logging.getLogger(__name__)
+
+_SEED_STRIDE = 100_003  # keeps the processes' seeds apart from the stages' (seed + index)
 
 
 def mixed_precision(choice: str, device: str) -> str:
@@ -43,23 +51,39 @@ def mixed_precision(choice: str, device: str) -> str:
     return "no"
 
 
-def make_accelerator(device: str, mixed_precision: str) -> Any:
+def make_accelerator(device: str, precision: str) -> Any:
+    """LeRobot's accelerator settings; under ``accelerate launch`` / ``torchrun`` it joins the
+    process group (NCCL on CUDA, gloo with ``--device cpu``) and picks this process's GPU."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 
-    if device.startswith("cuda:"):
+    if device.startswith("cuda:") and world_size() == 1:
         torch.cuda.set_device(torch.device(device))
     state = AcceleratorState._shared_state
-    if state and state.get("mixed_precision") not in (None, mixed_precision):
+    if state and state.get("_mixed_precision") not in (None, precision):
         AcceleratorState._reset_state(reset_partial_state=True)
     return Accelerator(
-        mixed_precision=mixed_precision,
+        mixed_precision=precision,
         cpu=device == "cpu",
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        # pinned host batches go to the GPU without blocking the step that queued them
+        dataloader_config=DataLoaderConfiguration(non_blocking=device.startswith("cuda")),
     )
+
+
+def world_size() -> int:
+    """Processes of this run as the launcher announced them (before the accelerator exists)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_device(accelerator: Any, requested: str) -> str:
+    """This process's device: the requested one alone, the launcher's local GPU with several."""
+    if accelerator.num_processes == 1 or accelerator.device.type == "cpu":
+        return requested  # safetensors refuses "cpu:0", which accelerate names the CPU
+    return str(accelerator.device)
 
 
 def last_checkpoint(stage_dir: Path) -> Path | None:
@@ -117,7 +141,7 @@ def build_stage(
             root=str(src.ref.root) if src.ref.root else None,
             episodes=src.train_episodes,
             use_imagenet_stats=False,
-            video_backend=opts.video_backend or video_backend(),
+            video_backend=video_backend(opts.video_backend, bool(src.meta.video_keys)),
         ),
         policy=policy_cfg,
         output_dir=stage_dir,
@@ -225,6 +249,7 @@ def run_stage(
     cfg: Config,
 ) -> tuple[StageResult, Any, Any, Any]:
     """Train one stage (or resume it); returns the result, policy, preprocessor, train config."""
+    import torch
     from lerobot.optim.factory import make_optimizer_and_scheduler
     from lerobot.scripts.lerobot_train import update_policy
     from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
@@ -238,6 +263,8 @@ def run_stage(
     from tqdm import tqdm
 
     name = plan.stage.label
+    main = accelerator.is_main_process
+    n_proc = accelerator.num_processes
     last = last_checkpoint(stage_dir)
     step = 0
     if last is not None:
@@ -249,7 +276,8 @@ def run_stage(
         step = saved_step(last)
         src_ckpt = last / "pretrained_model"
         log.info("%s: resuming from %s (step %d of %d)", name, last, step, plan.steps)
-    set_seed(opts.seed + plan.index, accelerator=accelerator)
+    # Each process draws its own flow-matching noise; the sampler's generator is shared.
+    set_seed(opts.seed + plan.index + _SEED_STRIDE * accelerator.process_index, accelerator)
     policy, pre, post, train_cfg = build_stage(plan, src_ckpt, device, opts, stage_dir, cfg)
     if step >= plan.steps:
         return StageResult(name, src_ckpt, step, [], None), policy, pre, train_cfg
@@ -257,8 +285,18 @@ def run_stage(
     optimizer, lr_scheduler = make_optimizer_and_scheduler(train_cfg, policy)
     if last is not None:
         step, optimizer, lr_scheduler = load_training_state(last, optimizer, lr_scheduler)
-    loader, n_frames, n_episodes = train_loader(plan, train_cfg, opts, device)
-    policy, optimizer, lr_scheduler = accelerator.prepare(policy, optimizer, lr_scheduler)
+        if n_proc > 1:  # the saved RNG state is the main process's: give each its own again
+            set_seed(opts.seed + step + _SEED_STRIDE * accelerator.process_index, accelerator)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", n_proc))
+    loader, n_frames, n_episodes = train_loader(plan, train_cfg, opts, device, local)
+    val_set = None
+    if opts.val_freq and opts.val_samples and main:
+        src = plan.source
+        val_set = open_dataset(train_cfg, src, src.val_episodes or src.train_episodes, opts)
+    # accelerate shards the loader: each process reads its own part of every global batch
+    policy, optimizer, loader, lr_scheduler = accelerator.prepare(
+        policy, optimizer, loader, lr_scheduler
+    )
     from lerobot.datasets.utils import cycle
 
     batches = cycle(loader)
@@ -279,17 +317,19 @@ def run_stage(
     )
     n_train = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     log.info(
-        "%s: %d steps from %s on %s (batch %d, %d frames, %s trainable params, precision %s)",
+        "%s: %d steps from %s on %s (batch %d x %d processes, %d frames, %s trainable params,"
+        " precision %s, %d loader workers per process)",
         name,
         plan.steps,
         src_ckpt,
         device,
         opts.batch_size,
+        n_proc,
         n_frames,
         f"{n_train:,}",
         accelerator.mixed_precision,
+        loader.num_workers,
     )
-    stage_dir.mkdir(parents=True, exist_ok=True)
     losses: list[float] = []
     final = src_ckpt
     bar = tqdm(
@@ -297,13 +337,17 @@ def run_stage(
         initial=step,
         desc=name,
         unit="step",
-        disable=not opts.progress,
+        disable=not (opts.progress and main),
         dynamic_ncols=True,
     )
-    t_start = time.perf_counter()
     first_step = step
-    trim_log(stage_dir / LOG_NAME, step)
-    with (stage_dir / LOG_NAME).open("a") as log_file:
+    log_path = stage_dir / LOG_NAME
+    if main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        trim_log(log_path, step)
+    t_train = 0.0  # training wall time, validation excluded (for loss against time)
+    t_mark = time.perf_counter()
+    with open(log_path if main else os.devnull, "a") as log_file:
         policy.train()
         while step < plan.steps:
             t0 = time.perf_counter()
@@ -321,12 +365,17 @@ def run_stage(
             step += 1
             tracker.step()
             loss = float(tracker.loss.val)
+            if n_proc > 1:  # the mean over processes: every process sees the same number
+                loss = float(accelerator.reduce(torch.tensor(loss, device=device), "mean"))
             if not math.isfinite(loss):
                 raise FloatingPointError(
                     f"{name}: loss became {loss} at step {step}. Lower the learning rate (--lr)"
                     " or check the dataset for NaN/Inf values."
                 )
             losses.append(loss)
+            now = time.perf_counter()
+            t_train += now - t_mark
+            t_mark = now
             record = {
                 "stage": name,
                 "step": step,
@@ -335,32 +384,47 @@ def run_stage(
                 "lr": float(tracker.lr.val),
                 "update_s": float(tracker.update_s.val),
                 "data_s": float(tracker.dataloading_s.val),
+                "wall_s": round(t_train, 4),
             }
+            if val_set is not None and step % opts.val_freq == 0:
+                record["val_loss"] = validation_loss(
+                    accelerator.unwrap_model(policy),
+                    pre,
+                    val_set,
+                    batch_size=opts.batch_size,
+                    max_samples=opts.val_samples,
+                    seed=opts.seed,
+                    accelerator=accelerator,
+                )
             log_file.write(json.dumps(record) + "\n")
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.1e}")
             if opts.log_freq and step % opts.log_freq == 0:
-                log.info("%s %s", name, tracker)
+                if main:
+                    log.info("%s %s", name, tracker)
                 tracker.reset_averages()
             if step % train_cfg.save_freq == 0 or step == plan.steps:
                 ckpt_dir = get_step_checkpoint_dir(stage_dir, plan.steps, step)
-                save_checkpoint(
-                    checkpoint_dir=ckpt_dir,
-                    step=step,
-                    cfg=train_cfg,
-                    policy=accelerator.unwrap_model(policy),
-                    optimizer=optimizer,
-                    scheduler=lr_scheduler,
-                    preprocessor=pre,
-                    postprocessor=post,
-                )
-                copy_vlm(src_ckpt, ckpt_dir / "pretrained_model")
-                update_last_checkpoint(ckpt_dir)
+                if main:
+                    save_checkpoint(
+                        checkpoint_dir=ckpt_dir,
+                        step=step,
+                        cfg=train_cfg,
+                        policy=accelerator.unwrap_model(policy),
+                        optimizer=optimizer,
+                        scheduler=lr_scheduler,
+                        preprocessor=pre,
+                        postprocessor=post,
+                    )
+                    copy_vlm(src_ckpt, ckpt_dir / "pretrained_model")
+                    update_last_checkpoint(ckpt_dir)
+                    log_file.flush()
                 final = ckpt_dir / "pretrained_model"
-                log_file.flush()
+            if n_proc > 1 and (step % train_cfg.save_freq == 0 or step == plan.steps):
+                accelerator.wait_for_everyone()  # the checkpoint is whole before anyone reads it
+            t_mark = time.perf_counter()  # validation and checkpoints are not training time
     bar.close()
-    wall = time.perf_counter() - t_start
-    rate = (step - first_step) / wall if wall > 0 else None
+    rate = (step - first_step) / t_train if t_train > 0 else None
     log.info("%s: done, %.2f steps/s, checkpoint %s", name, rate or 0.0, final)
     result = StageResult(name, final, step, losses, rate)
     return result, accelerator.unwrap_model(policy), pre, train_cfg

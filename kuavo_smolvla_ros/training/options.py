@@ -29,12 +29,14 @@ class TrainOptions:
     lr: float | None = None  # None: the policy preset (1e-4 for SmolVLA)
     device: str = "auto"
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, none elsewhere
-    num_workers: int = 2
+    num_workers: int | None = None  # None: one per core, at most 8 on CUDA (data.loader_settings)
+    prefetch_factor: int = 4  # batches queued per loader worker
     seed: int = 1000
     save_freq: int = 0  # 0: save only at the end of each stage
     log_freq: int = 50
     val_fraction: float = 0.1  # held-out episodes per dataset (none if the dataset is small)
     val_samples: int = 64  # validation samples per task; 0 disables validation
+    val_freq: int = 0  # also validate the stage's own task every N steps (0: at the end only)
     action_horizon: int | None = None  # None: the checkpoint's chunk_size (anything else refused)
     video_backend: str | None = None  # None: torchcodec if it loads, else pyav
     resume: bool = False
@@ -52,8 +54,15 @@ class TrainOptions:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1).")
-        if min(self.num_workers, self.save_freq, self.log_freq, self.val_samples) < 0:
-            raise ConfigError("num_workers, save_freq, log_freq and val_samples must be >= 0.")
+        workers = 0 if self.num_workers is None else self.num_workers
+        if min(workers, self.save_freq, self.log_freq, self.val_samples, self.val_freq) < 0:
+            raise ConfigError(
+                "num_workers, save_freq, log_freq, val_samples and val_freq must be >= 0."
+            )
+        if self.prefetch_factor < 1:
+            raise ConfigError(f"prefetch_factor={self.prefetch_factor} must be >= 1.")
+        if self.video_backend not in (None, "torchcodec", "pyav"):
+            raise ConfigError(f"video_backend={self.video_backend!r}: torchcodec, pyav or None.")
 
 
 @dataclass

@@ -33,11 +33,12 @@ import yaml
 from kuavo_smolvla_ros.core import dims
 from kuavo_smolvla_ros.core.config import Config
 from kuavo_smolvla_ros.runners.eager import read_policy_config, resolve_checkpoint, resolve_device
-from kuavo_smolvla_ros.training.checks import StagesError, plan_stages
+from kuavo_smolvla_ros.training.checks import StagesError, check_output_dir, plan_stages
 from kuavo_smolvla_ros.training.data import open_dataset
 from kuavo_smolvla_ros.training.loop import (
     make_accelerator,
     mixed_precision,
+    process_device,
     run_stage,
     validation_loss,
 )
@@ -165,23 +166,38 @@ def train_stages(
         else len(policy_cfg.action_delta_indices)
     )
     plans = plan_stages(stages, ck, cfg, opts, horizon)
-    if not opts.resume and out.exists() and any(out.iterdir()):
-        raise FileExistsError(
-            f"output directory {out} exists and is not empty: pass --resume (resume=True) to"
-            " continue its run, or choose another output directory."
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_NAME).write_text(
-        json.dumps(
-            {
-                "checkpoint": str(checkpoint),
-                "stages": [dataclasses.asdict(s) | {"mix": dict(s.mix)} for s in stages],
-                "options": dataclasses.asdict(opts),
-            },
-            indent=2,
-        )
-    )
+    # Every process checks before any of them writes: the accelerator's process group forms
+    # only once all have arrived, and only the main process creates files after that.
+    check_output_dir(out, opts.resume)
     accelerator = make_accelerator(device, mixed_precision(opts.mixed_precision, device))
+    device = process_device(accelerator, device)
+    main = accelerator.is_main_process
+    log.info(
+        "process %d of %d on %s (%s)",
+        accelerator.process_index,
+        accelerator.num_processes,
+        device,
+        accelerator.distributed_type,
+    )
+    if not main:  # one voice: the main process logs, validates and writes (LeRobot: root)
+        for name in ("kuavo_smolvla_ros", ""):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_NAME).write_text(
+            json.dumps(
+                {
+                    "checkpoint": str(checkpoint),
+                    "stages": [dataclasses.asdict(s) | {"mix": dict(s.mix)} for s in stages],
+                    "options": dataclasses.asdict(opts),
+                    "processes": accelerator.num_processes,
+                    "distributed_type": str(accelerator.distributed_type),
+                    "mixed_precision": accelerator.mixed_precision,
+                },
+                indent=2,
+            )
+        )
+    accelerator.wait_for_everyone()
     validation: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "tasks": [
@@ -210,7 +226,7 @@ def train_stages(
         row_key = f"stage_{plan.index}"
         if result.steps_per_s is None and row_key in old_rows:
             result.val_loss = dict(old_rows[row_key]["val_loss"])
-        elif opts.val_samples:
+        elif opts.val_samples and main:
             for earlier in plans[: plan.index]:
                 s = earlier.source
                 ds = open_dataset(train_cfg, s, s.val_episodes or s.train_episodes, opts)
@@ -223,6 +239,8 @@ def train_stages(
                     seed=opts.seed,
                     accelerator=accelerator,
                 )
+        if accelerator.num_processes > 1:  # every process returns the same result
+            result.val_loss = _from_main(result.val_loss)
         results.append(result)
         validation["rows"].append(
             {
@@ -234,12 +252,21 @@ def train_stages(
                 "val_loss": result.val_loss,
             }
         )
-        val_path.write_text(json.dumps(validation, indent=2))
+        if main:
+            val_path.write_text(json.dumps(validation, indent=2))
         if opts.val_samples:
             log.info("\n%s", format_validation(validation))
         del policy, pre
         accelerator.free_memory()
+        accelerator.wait_for_everyone()
     return TrainResult(results, validation)
+
+
+def _from_main(value: Any) -> Any:
+    """The main process's ``value`` on every process (a picklable object)."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def finetune(

@@ -33,7 +33,7 @@ CUBE_HALF = 0.02
 BIN_INNER = 0.07  # bin inner half-width (m)
 BIN_WALL_H = 0.05
 FINGER_STROKE = 0.04  # finger travel per side: 0 (open, 8 cm gap) .. 0.04 (closed)
-HEAD_PITCH = math.radians(12.0)
+HEAD_PITCH = math.radians(25.0)  # Leju evaluates at ~12; 25 (limit 30) centres the table
 READY_DEG = (30, 0, 0, -130, -90, -40, 0, 30, 0, 0, -130, 90, 40, 0)
 
 # Per arm joint 1..7: (origin xyz, axis, effort N·m, link mass kg) from the URDF.
@@ -84,7 +84,8 @@ def _arm(side: str, gains: ArmGains) -> str:
         elif n == 7:
             geom = f'<geom type="cylinder" size="0.04 0.035" pos="0 0 -0.035" mass="{mass}" {vis} rgba=".3 .3 .35 1"/>'
         else:
-            geom = f'<geom type="sphere" size="0.055" mass="{mass}" {vis} rgba=".3 .3 .35 1"/>'
+            r = 0.035 if n == 6 else 0.05  # the wrist camera sits just outside link 6
+            geom = f'<geom type="sphere" size="{r}" mass="{mass}" {vis} rgba=".3 .3 .35 1"/>'
         open_tags.append(
             f'<body name="zarm_{side}{n}_link" pos="{_fmt(pos)}" gravcomp="1">'
             f'<joint name="zarm_{side}{n}_joint" axis="{axis}" range="{lower[i]} {upper[i]}"'
@@ -94,8 +95,10 @@ def _arm(side: str, gains: ArmGains) -> str:
     cam_y = 0.05 * s
     half = FINGER_STROKE + 0.008
     claw = (
+        # Looking down the claw (-z of link 7), fingers spread left-right, the claw at the
+        # bottom of the image.
         f'<camera name="{"wrist_cam_l" if side == "l" else "wrist_cam_r"}" pos="0 {cam_y} 0"'
-        ' fovy="60" xyaxes="0 -1 0 1 0 0"/>'
+        f' fovy="60" xyaxes="{s:g} 0 0 0 {s:g} 0"/>'
         f'<body name="{side}_claw" pos="0 {ee_y} -0.09" gravcomp="1">'
         f'<geom name="{side}_palm" type="box" size="0.065 0.025 0.015" mass="0.2" rgba=".2 .2 .22 1"/>'
         f'<site name="{side}_pinch" pos="0 0 -0.08" size="0.006" rgba="0 1 0 0.5" group="3"/>'

@@ -16,9 +16,14 @@ What is in it, and why:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from kuavo_smolvla_ros.core.config import _L_LOWER, _L_UPPER, _R_LOWER, _R_UPPER
+
+# Headless rendering by default: EGL (Mesa on a CPU, the NVIDIA driver on a GPU). Set before
+# mujoco is imported anywhere; MUJOCO_GL=osmesa or glfw still win when the user sets them.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 ARM_JOINTS = tuple(f"zarm_l{i}_joint" for i in range(1, 8)) + tuple(
     f"zarm_r{i}_joint" for i in range(1, 8)
@@ -206,8 +211,26 @@ def build_mjcf(
 """
 
 
+def load_mujoco():
+    """``import mujoco``, or ``SimError`` with one line: with ``MUJOCO_GL=osmesa`` and no
+    libOSMesa the import itself fails inside PyOpenGL."""
+    import warnings
+
+    from kuavo_smolvla_ros.sim.robot import GL_HELP, SimError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import mujoco
+    except Exception as exc:  # any GL loading failure means the same to the user
+        err = " ".join(str(exc).split()) or type(exc).__name__
+        gl = os.environ.get("MUJOCO_GL", "")
+        raise SimError(GL_HELP.format(gl=gl, err=f"{type(exc).__name__}: {err}")) from None
+    return mujoco
+
+
 def build_model(width: int = 640, height: int = 480, gains: ArmGains | None = None):
     """A compiled ``mujoco.MjModel`` of the scene."""
-    import mujoco
+    mujoco = load_mujoco()
 
     return mujoco.MjModel.from_xml_string(build_mjcf(width, height, gains))

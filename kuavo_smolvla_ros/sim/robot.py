@@ -25,11 +25,8 @@ from kuavo_smolvla_ros.sim.model import (
     READY_DEG,
     ArmGains,
     build_model,
+    load_mujoco,
 )
-
-# Headless rendering by default: EGL (Mesa on a CPU, the NVIDIA driver on a GPU). Set before
-# mujoco is imported anywhere; MUJOCO_GL=osmesa or glfw still win when the user sets them.
-os.environ.setdefault("MUJOCO_GL", "egl")
 
 GL_HELP = (
     "no OpenGL for MuJoCo's offscreen rendering (MUJOCO_GL={gl}: {err}); install Mesa's EGL"
@@ -80,7 +77,7 @@ class SimRobot:
     """One MuJoCo scene with Kuavo's upper body; ``step()`` advances ``control_dt`` of sim time."""
 
     def __init__(self, cfg: SimConfig | None = None, rng_seed: int = 0) -> None:
-        import mujoco
+        mujoco = load_mujoco()
 
         self.cfg = cfg or SimConfig()
         self.model = build_model(self.cfg.width, self.cfg.height, self.cfg.gains)
@@ -186,10 +183,14 @@ class SimRobot:
     def renderer(self):
         """The offscreen renderer (created once); ``SimError`` with one line if GL is missing."""
         if self._renderer is None:
+            import warnings
+
             import mujoco
 
             try:
-                self._renderer = mujoco.Renderer(self.model, self.cfg.height, self.cfg.width)
+                with warnings.catch_warnings():  # glfw warns twice before failing without X
+                    warnings.simplefilter("ignore")
+                    self._renderer = mujoco.Renderer(self.model, self.cfg.height, self.cfg.width)
             except Exception as exc:  # any GL failure means the same to the user
                 err = " ".join(str(exc).split()) or type(exc).__name__
                 gl = os.environ.get("MUJOCO_GL", "")

@@ -52,19 +52,18 @@ class Runner(Protocol):
 
     def predict_chunk(
         self,
-        state: np.ndarray,
-        images: dict[str, np.ndarray],
-        task: str,
+        state: np.ndarray,  # (robot_dim,): arm joints in rad, grippers 0..1
+        images: dict[str, np.ndarray],  # robot camera name -> RGB uint8 (H, W, 3)
+        task: str,  # the instruction
         *,
-        seed: int | None = None,
-        inference_delay: int | None = None,
-        prev_chunk_left_over: np.ndarray | None = None,
+        seed: int | None = None,  # seeds torch right before the flow-matching noise is drawn
+        inference_delay: int | None = None,  # RTC: chunk steps executed while this one runs
+        prev_chunk_left_over: np.ndarray | None = None,  # RTC: the rest of the last chunk
     ) -> np.ndarray:
         """One chunk ``(chunk_size, robot_dim)`` float64 in robot units.
 
-        ``seed`` seeds torch's global generator right before the flow-matching noise is drawn;
-        ``inference_delay`` / ``prev_chunk_left_over`` (robot units) are RTC's inputs, used
-        when the runner was loaded with RTC.
+        The RTC inputs (robot units) are used when the runner was loaded with RTC and a
+        leftover is given; a bad input raises ``DimensionError`` / ``ValueError`` naming it.
         """
         ...
 
@@ -132,6 +131,69 @@ def check_chunk(chunk: np.ndarray, chunk_size: int, robot_dim: int) -> np.ndarra
             f"the policy returned a {chunk.shape} chunk, expected ({chunk_size}, {robot_dim})."
         )
     return chunk
+
+
+@dataclass(frozen=True)
+class RtcInputs:
+    """RTC's inputs of one request: chunk steps run during inference, the unexecuted rest."""
+
+    delay: int
+    leftover: np.ndarray  # (steps, robot_dim) float32, robot units
+
+
+@dataclass(frozen=True)
+class ChunkInputs:
+    """One request's inputs after ``check_inputs``: what a runner's ``_forward`` computes from."""
+
+    state: np.ndarray  # (robot_dim,) float32, robot units
+    frames: dict[str, np.ndarray]  # robot camera name -> RGB uint8 HxWx3, every camera
+    task: str
+    seed: int | None
+    rtc: RtcInputs | None  # None: a plain chunk
+
+
+class ChunkRunner:
+    """The one implementation of ``Runner.predict_chunk``'s contract; subclasses add ``_forward``.
+
+    Checks the inputs (``check_inputs``), passes RTC's inputs on only when the runner does RTC
+    and was given a leftover, times the call (``Timing``) and checks the chunk's shape.
+    """
+
+    chunk_size: int
+    robot_dim: int
+    camera_features: dict[str, str]  # robot camera name -> the model's image feature
+    rtc_enabled: bool
+    timing: Timing = Timing()
+
+    @property
+    def last_inference_s(self) -> float:
+        """Wall time of the last ``predict_chunk`` (inputs + model + outputs), or the warm-up."""
+        return self.timing.total_s
+
+    def predict_chunk(
+        self,
+        state: np.ndarray,
+        images: dict[str, np.ndarray],
+        task: str,
+        *,
+        seed: int | None = None,
+        inference_delay: int | None = None,
+        prev_chunk_left_over: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One chunk ``(chunk_size, robot_dim)`` float64 in robot units (``Runner``)."""
+        t_start = Timing.now()
+        state, frames = check_inputs(state, images, self.robot_dim, list(self.camera_features))
+        rtc = None
+        if self.rtc_enabled and prev_chunk_left_over is not None and len(prev_chunk_left_over):
+            left = np.asarray(prev_chunk_left_over, dtype=np.float32)
+            rtc = RtcInputs(int(inference_delay or 0), left)
+        chunk, t_model = self._forward(ChunkInputs(state, frames, task or "", seed, rtc))
+        self.timing = Timing.between(t_start, t_model, Timing.now())
+        return check_chunk(chunk, self.chunk_size, self.robot_dim)
+
+    def _forward(self, inputs: ChunkInputs) -> tuple[np.ndarray, float]:
+        """The chunk for checked inputs, and the ``Timing.now()`` at which the model started."""
+        raise NotImplementedError
 
 
 def run_request(runner: Runner, req: InferenceRequest, seed: int | None = None) -> np.ndarray:

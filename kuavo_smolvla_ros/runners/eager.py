@@ -19,7 +19,13 @@ import numpy as np
 
 from kuavo_smolvla_ros.core import dims
 from kuavo_smolvla_ros.core.config import Config
-from kuavo_smolvla_ros.runners.base import CheckpointError, FastPathError, Timing, check_inputs
+from kuavo_smolvla_ros.runners.base import (
+    CheckpointError,
+    ChunkInputs,
+    FastPathError,
+    Timing,
+    check_inputs,
+)
 from kuavo_smolvla_ros.runners.parts import PartsRunner, PolicyParts
 from kuavo_smolvla_ros.runners.trust import check_checkpoint_trust
 
@@ -84,47 +90,34 @@ class PolicyRunner(PartsRunner):
     caller at a time (the node's worker).
     """
 
-    def predict_chunk(
-        self,
-        state: np.ndarray,
-        images: dict[str, np.ndarray],
-        task: str,
-        *,
-        seed: int | None = None,
-        inference_delay: int | None = None,
-        prev_chunk_left_over: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """One chunk ``(chunk_size, robot_dim)`` in robot units (``base.Runner``).
-
-        With ``seed``, torch's global generator is seeded right before LeRobot samples its
-        flow-matching noise, so ``SmolVLAPolicy.predict_action_chunk`` seeded the same way gives
-        the same chunk. RTC's inputs are used when the runner was loaded with RTC.
-        """
+    def _forward(self, inputs: ChunkInputs) -> tuple[np.ndarray, float]:
+        """With ``inputs.seed``, torch's global generator is seeded right before LeRobot samples
+        its flow-matching noise, as a caller of ``SmolVLAPolicy.predict_action_chunk`` would."""
         import torch
 
         p = self.parts
-        t0 = Timing.now()
-        batch = p.preprocessor(self.make_batch(state, images, task))
+        batch = p.preprocessor(self._batch(inputs.state, inputs.frames, inputs.task))
         kwargs: dict[str, Any] = {}
-        if p.rtc_enabled and prev_chunk_left_over is not None and len(prev_chunk_left_over):
-            left = torch.as_tensor(np.asarray(prev_chunk_left_over, np.float32), device=p.device)
-            kwargs["inference_delay"] = int(inference_delay or 0)
+        if inputs.rtc is not None:
+            left = torch.as_tensor(inputs.rtc.leftover, device=p.device)
+            kwargs["inference_delay"] = inputs.rtc.delay
             kwargs["prev_chunk_left_over"] = p.normalize_actions(left).unsqueeze(0)
-        t1 = Timing.now()
-        if seed is not None:
-            torch.manual_seed(int(seed))
-        out = p.robot_chunk(p.policy.predict_action_chunk(batch, **kwargs))
-        self.timing = Timing.between(t0, t1, Timing.now())
-        return out
+        t_model = Timing.now()
+        if inputs.seed is not None:
+            torch.manual_seed(int(inputs.seed))
+        return p.robot_chunk(p.policy.predict_action_chunk(batch, **kwargs)), t_model
 
     def make_batch(self, state: np.ndarray, images: dict[str, np.ndarray], task: str) -> dict:
         """Robot-named numpy inputs -> LeRobot's unbatched observation dict (as its robots do)."""
-        import torch
-
         p = self.parts
         state, frames = check_inputs(state, images, p.robot_dim, list(p.camera_features))
+        return self._batch(state, frames, task)
+
+    def _batch(self, state: np.ndarray, frames: dict[str, np.ndarray], task: str) -> dict:
+        import torch
+
         batch: dict[str, Any] = {dims.STATE_KEY: torch.from_numpy(state)}
-        for cam, feature in p.camera_features.items():
+        for cam, feature in self.parts.camera_features.items():
             batch[feature] = torch.tensor(frames[cam]).permute(2, 0, 1).float() / 255
         batch["task"] = task or ""
         return batch

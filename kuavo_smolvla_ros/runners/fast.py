@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from kuavo_smolvla_ros.core import dims
-from kuavo_smolvla_ros.runners.base import FastPathError, Timing, check_inputs
+from kuavo_smolvla_ros.runners.base import ChunkInputs, FastPathError, Timing
 from kuavo_smolvla_ros.runners.fast_engine import (
     SmolVLAEngine,
     StaticInputs,
@@ -130,47 +130,33 @@ class FastRunner(PartsRunner):
 
     # -- the interface -------------------------------------------------------------------------
     @torch.no_grad()
-    def predict_chunk(
-        self,
-        state: np.ndarray,
-        images: dict[str, np.ndarray],
-        task: str,
-        *,
-        seed: int | None = None,
-        inference_delay: int | None = None,
-        prev_chunk_left_over: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """One chunk ``(chunk_size, robot_dim)`` in robot units (``base.Runner``)."""
+    def _forward(self, inputs: ChunkInputs) -> tuple[np.ndarray, float]:
         p = self.parts
-        t0 = Timing.now()
-        state, by_cam = check_inputs(state, images, p.robot_dim, self.cameras)
-        frames = [by_cam[c] for c in self.cameras]
+        frames = [inputs.frames[c] for c in self.cameras]
         cap = self._buffers(tuple(f.shape for f in frames))
         inp = cap.inputs
         for host, dev, frame in zip(cap.host_images, inp.images, frames):
             host.numpy()[...] = frame
             if host is not dev:
                 dev.copy_(host, non_blocking=True)
-        rtc = bool(p.rtc_enabled and prev_chunk_left_over is not None and len(prev_chunk_left_over))
+        rtc = inputs.rtc is not None
         with self._on_device():
             img = self._images(cap, rtc)  # the GPU starts on the frames; the host goes on below
-            self._set_state(inp, state)
-            ids, mask = self._task_tokens(task)
+            self._set_state(inp, inputs.state)
+            ids, mask = self._task_tokens(inputs.task)
             inp.lang_tokens.copy_(ids)
             inp.lang_mask.copy_(mask)
-            if rtc:
-                self._set_rtc(inp, prev_chunk_left_over, int(inference_delay or 0))
-            if seed is not None:
-                torch.manual_seed(int(seed))
+            if inputs.rtc is not None:
+                self._set_rtc(inp, inputs.rtc.leftover, inputs.rtc.delay)
+            if inputs.seed is not None:
+                torch.manual_seed(int(inputs.seed))
             noise = p.policy.model.sample_noise(
                 (1, self.chunk_size, self.action_dim), self.torch_device
             )
             inp.noise.copy_(noise)
-            t1 = Timing.now()
+            t_model = Timing.now()
             out = self._rest(cap, img, rtc)
-        chunk = p.robot_chunk(out[:, :, : p.policy.config.action_feature.shape[0]])
-        self.timing = Timing.between(t0, t1, Timing.now())
-        return chunk
+        return p.robot_chunk(out[:, :, : p.policy.config.action_feature.shape[0]]), t_model
 
     # -- helpers -------------------------------------------------------------------------------
     def _on_device(self) -> Any:

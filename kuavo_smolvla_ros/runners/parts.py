@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from kuavo_smolvla_ros.core import dims
-from kuavo_smolvla_ros.runners.base import Timing, check_chunk
+from kuavo_smolvla_ros.runners.base import ChunkRunner, Timing
 
 
 @dataclass
@@ -60,16 +60,15 @@ class PolicyParts:
         return actions if norm is None else norm._normalize_action(actions, inverse=False)
 
     def robot_chunk(self, actions: Any) -> np.ndarray:
-        """The model's normalized actions (1, chunk, action_dim) -> checked robot-unit chunk."""
+        """The model's normalized actions (1, chunk, action_dim) -> robot-unit (chunk, dim)."""
         import torch
 
         out = self.postprocessor(actions)
-        chunk = out.detach().to("cpu", torch.float64).numpy().reshape(-1, out.shape[-1])
-        return check_chunk(chunk, self.chunk_size, self.robot_dim)
+        return out.detach().to("cpu", torch.float64).numpy().reshape(-1, out.shape[-1])
 
 
-class PartsRunner:
-    """What the in-process runners share: their parts, timing, reset and close."""
+class PartsRunner(ChunkRunner):
+    """What the in-process runners share: their parts, reset and close (and ``ChunkRunner``)."""
 
     def __init__(self, parts: PolicyParts) -> None:
         self.parts = parts
@@ -86,11 +85,6 @@ class PartsRunner:
     checkpoint = property(lambda self: self.parts.checkpoint)
     rtc_enabled = property(lambda self: self.parts.rtc_enabled)
     normalizer = property(lambda self: self.parts.normalizer)
-
-    @property
-    def last_inference_s(self) -> float:
-        """Wall time of the last ``predict_chunk`` (inputs + model + outputs)."""
-        return self.timing.total_s
 
     def reset(self) -> None:
         """New episode: clears the policy's internal queues."""

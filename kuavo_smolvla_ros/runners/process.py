@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from kuavo_smolvla_ros.core.config import Config
-from kuavo_smolvla_ros.runners.base import Timing, set_torch_threads
+from kuavo_smolvla_ros.runners.base import ChunkInputs, ChunkRunner, Timing, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +285,11 @@ def _stop_child(proc: Any, conn: Any, timeout: float) -> None:
         conn.close()
 
 
-class ProcessRunner:
-    """A SmolVLA checkpoint served by a child process; the ``PolicyRunner`` interface.
+class ProcessRunner(ChunkRunner):
+    """A SmolVLA checkpoint served by a child process; a ``base.Runner``.
+
+    Inputs are checked here (``ChunkRunner``), before they cross the pipe; ``last_inference_s``
+    is the round trip as this process sees it, the child's own split is in ``child_timing``.
 
     Blocks in the constructor until the child has loaded (and warmed up) the model; load
     errors (``CheckpointError``, ``DimensionError``...) are raised here as in ``load_policy``.
@@ -336,7 +339,7 @@ class ProcessRunner:
         self._shm: mmap.mmap | None = None
         self._shm_size = 0
         self._shm_sent = False
-        self.timing = ProcessTiming()
+        self.timing = self.child_timing = ProcessTiming()
         self.restarts = 0
         self._proc: Any = None
         self._conn: Any = None
@@ -371,7 +374,7 @@ class ProcessRunner:
         self.rtc_enabled = bool(info["rtc_enabled"])
         self.device = info["device"]
         self.checkpoint = Path(info["checkpoint"])
-        self.timing = ProcessTiming(total_s=float(info["last_inference_s"]))
+        self.timing = self.child_timing = ProcessTiming(total_s=float(info["last_inference_s"]))
 
     def _receive(self, what: str) -> tuple:
         """The child's next message; child errors are raised, a dead child too."""
@@ -455,27 +458,13 @@ class ProcessRunner:
         self.close()
 
     # -- the interface ------------------------------------------------------------------------
-    @property
-    def last_inference_s(self) -> float:
-        """Wall time of the last ``predict_chunk`` in the child (preprocess + model + post)."""
-        return self.timing.total_s
-
     def reset(self) -> None:
         """New episode: the policy's queues are cleared before the next request (never waits)."""
         with self._flag_lock:
             self._reset_pending = True
 
-    def predict_chunk(
-        self,
-        state: np.ndarray,
-        images: dict[str, np.ndarray],
-        task: str,
-        *,
-        seed: int | None = None,
-        inference_delay: int | None = None,
-        prev_chunk_left_over: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """One action chunk ``(chunk_size, robot_dim)``, computed by the child (``base.Runner``)."""
+    def _forward(self, inputs: ChunkInputs) -> tuple[np.ndarray, float]:
+        """The child's chunk for checked inputs (``ChunkRunner.predict_chunk``)."""
         with self._lock:
             if self._closed:
                 raise InferenceProcessError("predict_chunk on a closed ProcessRunner")
@@ -489,30 +478,29 @@ class ProcessRunner:
                 )
             with self._flag_lock:
                 reset, self._reset_pending = self._reset_pending, False
+            rtc = inputs.rtc
             req = {
-                "state": np.asarray(state),
-                "task": task,
-                "seed": seed,
-                "inference_delay": inference_delay,
-                "leftover": None
-                if prev_chunk_left_over is None
-                else np.asarray(prev_chunk_left_over),
+                "state": inputs.state,
+                "task": inputs.task,
+                "seed": inputs.seed,
+                "inference_delay": None if rtc is None else rtc.delay,
+                "leftover": None if rtc is None else rtc.leftover,
                 "reset": reset,
                 "images": None,
                 "layout": None,
             }
-            arrays = {k: np.asarray(v) for k, v in images.items()}
-            if all(a.dtype == np.uint8 for a in arrays.values()) and hasattr(os, "memfd_create"):
-                req["layout"] = self._write_images(arrays)
-            else:  # odd dtypes (the child reports them) or no memfd: pickled in the message
-                req["images"] = arrays
+            t_model = Timing.now()
+            if hasattr(os, "memfd_create"):
+                req["layout"] = self._write_images(inputs.frames)
+            else:  # no memfd: pickled in the message
+                req["images"] = inputs.frames
             try:
                 self._conn.send(("predict", req))
             except (OSError, ValueError) as exc:
                 raise InferenceProcessError(f"cannot reach the inference process: {exc}") from None
             _, chunk, timing = self._receive("computing a chunk")
-            self.timing = ProcessTiming(*timing)
-            return chunk
+            self.child_timing = ProcessTiming(*timing)
+            return chunk, t_model
 
     def _write_images(self, arrays: dict[str, np.ndarray]) -> list[tuple]:
         """Copy the frames into shared memory (``np.copyto`` releases the GIL); the layout."""

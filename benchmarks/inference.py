@@ -456,6 +456,61 @@ def run_size(size: str, where: str | None, args: argparse.Namespace) -> dict[str
     return results
 
 
+def run_paired(size: str, where: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    """The CPU default's speed-up, robust to a busy machine: ``load_policy``'s default runner
+    and LeRobot's eager path (``PolicyRunner``, bit for bit ``predict_action_chunk``) on the
+    same loaded weights, timed alternately (ABBA) on the same requests through ``run_request``,
+    so load from other processes hits both alike; the speed-up is the median of per-pair ratios.
+    """
+    from kuavo_smolvla_ros.core.config import Config
+    from kuavo_smolvla_ros.demo.model import DEFAULT_CAMERAS
+    from kuavo_smolvla_ros.runners.base import run_request
+    from kuavo_smolvla_ros.runners.eager import PolicyRunner, load_policy
+
+    ckpt, _ = _checkpoint(size, where)
+    cases = _cases(max(2, args.cases), args.height, args.width, DEFAULT_CAMERAS)
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    default = load_policy(ckpt, args.device, Config())  # fast_path auto, warm-up + its check
+    startup_s = time.perf_counter() - t0
+    eager = PolicyRunner(default.parts)
+    pairs = args.paired
+    times: dict[str, list[float]] = {"default": [], "eager": []}
+    diffs = []
+    for i in range(pairs + 1):  # the first pair is warm-up
+        req, seed = _request(cases[i % len(cases)])
+        order = [("default", default), ("eager", eager)]
+        outs = {}
+        for name, runner in order if i % 2 else order[::-1]:
+            t = time.perf_counter()
+            outs[name] = run_request(runner, req, seed)
+            if i:
+                times[name].append(time.perf_counter() - t)
+        diffs.append(float(np.abs(outs["default"] - outs["eager"]).max()))
+    ratios = [e / d for e, d in zip(times["eager"], times["default"])]
+    out = {
+        "size": size,
+        "device": _device_name(args.device),
+        "default_runner": type(default).__name__,
+        "default_startup_s": startup_s,
+        "pairs": pairs,
+        "eager_median_ms": 1e3 * float(np.median(times["eager"])),
+        "default_median_ms": 1e3 * float(np.median(times["default"])),
+        "speedup_median_of_ratios": float(np.median(ratios)),
+        "speedup_min_max": (float(min(ratios)), float(max(ratios))),
+        "max_abs_diff": max(diffs),
+        "load_1min": (load0, os.getloadavg()[0]),
+    }
+    print(
+        f"paired {size}: default {out['default_runner']} {out['default_median_ms']:.0f} ms,"
+        f" eager {out['eager_median_ms']:.0f} ms, speed-up {out['speedup_median_of_ratios']:.2f}x"
+        f" ({out['speedup_min_max'][0]:.2f}-{out['speedup_min_max'][1]:.2f}), max abs diff"
+        f" {out['max_abs_diff']:.1e}, load {out['load_1min'][0]:.1f}->{out['load_1min'][1]:.1f}",
+        flush=True,
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -479,6 +534,14 @@ def main(argv: list[str] | None = None) -> int:
         " CUDA), no-triton",
     )
     p.add_argument("--profile", action="store_true", help="print the chunk's top GPU kernels")
+    p.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only the CPU default's speed-up: N alternating pairs of the default runner and"
+        " LeRobot's eager path on the same weights (robust to other load on the machine)",
+    )
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -493,9 +556,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--size {args.size!r}: choose tiny, full or tiny,full")
     where = (args.checkpoint or "").split(",")
     where += [""] * (len(sizes) - len(where))
-    results = {size: run_size(size, w or None, args) for size, w in zip(sizes, where)}
-    for r in results.values():
-        print("\n" + "\n".join(r["table"]))
+    if args.paired:
+        results = {size: run_paired(size, w or None, args) for size, w in zip(sizes, where)}
+        print("\n| model | default runner | median ms | LeRobot eager median ms | speed-up"
+              " (median of pair ratios, range) | max abs diff | pairs | load avg |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|")
+        for r in results.values():
+            lo, hi = r["speedup_min_max"]
+            print(
+                f"| {r['size']} | {r['default_runner']} | {r['default_median_ms']:.0f} |"
+                f" {r['eager_median_ms']:.0f} | {r['speedup_median_of_ratios']:.2f}x"
+                f" ({lo:.2f}-{hi:.2f}) | {r['max_abs_diff']:.1e} | {r['pairs']} |"
+                f" {r['load_1min'][0]:.1f}-{r['load_1min'][1]:.1f} |"
+            )
+    else:
+        results = {size: run_size(size, w or None, args) for size, w in zip(sizes, where)}
+        for r in results.values():
+            print("\n" + "\n".join(r["table"]))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2, default=float))
         print(f"\nwrote {args.out}")

@@ -26,7 +26,7 @@ from kuavo_smolvla_ros.runners.base import (
     Timing,
     check_inputs,
 )
-from kuavo_smolvla_ros.runners.parts import PartsRunner, PolicyParts
+from kuavo_smolvla_ros.runners.parts import PartsRunner, PolicyParts, find_normalizer
 from kuavo_smolvla_ros.runners.trust import check_checkpoint_trust
 
 __all__ = [  # CheckpointError is imported from here by the node, replay and training
@@ -204,7 +204,7 @@ def load_parts(
             f"{ckpt} has no saved processors ({exc}). Checkpoints saved by LeRobot >= 0.4 carry"
             " policy_preprocessor.json; re-save older ones with LeRobot's migration script."
         ) from None
-    norm = next((s for s in pre.steps if type(s).__name__ == "NormalizerProcessorStep"), None)
+    norm = find_normalizer(pre)
     if norm is not None and norm.stats:
         dims.check_stats(norm.stats, cfg.robot.dim)
 

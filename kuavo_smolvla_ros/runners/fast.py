@@ -128,9 +128,10 @@ class FastRunner(PartsRunner):
         self._captured: dict[tuple, _Captured] = {}
         self.captures = 0
 
-    # -- the interface -------------------------------------------------------------------------
+    # -- one chunk (ChunkRunner.predict_chunk checks the inputs, times the call) ----------------
     @torch.no_grad()
     def _forward(self, inputs: ChunkInputs) -> tuple[np.ndarray, float]:
+        """Frames into the static buffers, the image part started, then the host's inputs."""
         p = self.parts
         frames = [inputs.frames[c] for c in self.cameras]
         cap = self._buffers(tuple(f.shape for f in frames))

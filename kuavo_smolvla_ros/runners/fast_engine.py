@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kuavo_smolvla_ros.runners.base import FastPathError
+from kuavo_smolvla_ros.runners.parts import find_normalizer
 
 # The small float32 layers around the bf16 transformer (see the module docstring, point 2).
 FLOAT32_MODULES = (
@@ -99,7 +100,7 @@ def unsupported_reasons(
         ):
             reasons.append("q/k/v or gate/up projections with biases")
             break
-    norm = next((s for s in getattr(preprocessor, "steps", ()) if hasattr(s, "norm_map")), None)
+    norm = find_normalizer(preprocessor)
     norm_map = norm.norm_map if norm is not None else {}
     mode = norm_map.get(FeatureType.VISUAL, NormalizationMode.IDENTITY)
     if NormalizationMode(mode) != NormalizationMode.IDENTITY:

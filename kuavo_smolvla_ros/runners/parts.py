@@ -18,6 +18,12 @@ from kuavo_smolvla_ros.core import dims
 from kuavo_smolvla_ros.runners.base import ChunkRunner, Timing
 
 
+def find_normalizer(preprocessor: Any) -> Any:
+    """The pre-processor's ``NormalizerProcessorStep`` (None for a checkpoint without)."""
+    steps = getattr(preprocessor, "steps", ())
+    return next((s for s in steps if type(s).__name__ == "NormalizerProcessorStep"), None)
+
+
 @dataclass
 class PolicyParts:
     """What ``load_policy`` read: policy, pre/post processors and the robot's view of them."""
@@ -41,11 +47,7 @@ class PolicyParts:
 
     @property
     def normalizer(self) -> Any:
-        """The pre-processor's ``NormalizerProcessorStep`` (None for a checkpoint without)."""
-        return next(
-            (s for s in self.preprocessor.steps if type(s).__name__ == "NormalizerProcessorStep"),
-            None,
-        )
+        return find_normalizer(self.preprocessor)
 
     def normalize_state(self, state: Any) -> Any:
         """Robot-unit state tensor -> the model's normalized state (LeRobot's statistics)."""

@@ -346,6 +346,7 @@ def evaluate(
     ctx = None
     harness = None
     expert_exec = None
+    expert_node = None
     t_wall = time.monotonic()
     try:
         procs.append(("simulator", _start(sim_cmd, out / "sim.log", env), out / "sim.log"))
@@ -374,7 +375,7 @@ def evaluate(
         bar = tqdm(total=episodes, desc=f"eval {task}", unit="ep", disable=not progress,
                    file=sys.stderr)  # fmt: skip
         for k in range(episodes):
-            results.append(_episode(harness, procs, k, seed + k, limit, expert, out, cameras))
+            results.append(_episode(harness, procs, k, seed + k, limit, expert_node, out, cameras))
             bar.update(1)
             bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
         bar.close()
@@ -428,8 +429,9 @@ def _wait_sim(h: _Harness, procs, t: float, wall_timeout: float = 120.0) -> None
         time.sleep(0.01)
 
 
-def _episode(h: _Harness, procs, k: int, seed: int, limit: float, expert: bool, out: Path,
+def _episode(h: _Harness, procs, k: int, seed: int, limit: float, expert_node, out: Path,
              cameras: list[str]) -> EpisodeResult:  # fmt: skip
+    expert = expert_node is not None
     if not expert:
         h.call(h.pol_enable, h.SetBool.Request(data=False))
     resp = h.call(h.sim_reset, h.Trigger.Request())
@@ -440,6 +442,13 @@ def _episode(h: _Harness, procs, k: int, seed: int, limit: float, expert: bool, 
         time.sleep(0.01)
     if not expert:
         h.call(h.pol_reset, h.Trigger.Request())
+    else:  # the expert plans (IK) when the scene is placed; start once it has its plan
+        deadline = time.monotonic() + 120.0
+        while expert_node.planned_episode != k:
+            _check_alive(procs)
+            if time.monotonic() > deadline:
+                raise EvalError("the expert did not plan the episode within 120 s")
+            time.sleep(0.01)
     _wait_sim(h, procs, h.sim_time + 0.3)  # fresh state and images of the new scene
     clamped0, holds0 = h.counters()
     h.success = False

@@ -139,3 +139,19 @@ def test_missing_gl_gives_one_clear_line(env):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert "apt-get install" in lines[0] and "MUJOCO_GL" in lines[0]
+
+
+def test_launch_file_arguments_are_the_simulator_parameters():
+    import importlib.util
+    from pathlib import Path
+
+    from kuavo_smolvla_ros.sim.node import PARAM_DOCS, NodeParams
+
+    path = Path(__file__).resolve().parents[1] / "launch" / "sim.launch.py"
+    spec = importlib.util.spec_from_file_location("sim_launch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # launch/launch_ros are imported only inside functions
+    defaults = NodeParams()
+    for name, (kind, default, _desc) in module.SIM_ARGS.items():
+        assert name in PARAM_DOCS, f"launch argument {name} is no simulator parameter"
+        assert kind(default) == getattr(defaults, name), name

@@ -63,6 +63,7 @@ class EpisodeResult:
     holds: int
     max_step_deg: float
     commands: int
+    wall_s: float = 0.0  # wall time of the episode, handshake included
     video: str | None = None
 
 
@@ -432,6 +433,7 @@ def _wait_sim(h: _Harness, procs, t: float, wall_timeout: float = 120.0) -> None
 def _episode(h: _Harness, procs, k: int, seed: int, limit: float, expert_node, out: Path,
              cameras: list[str]) -> EpisodeResult:  # fmt: skip
     expert = expert_node is not None
+    wall0 = time.monotonic()
     if not expert:
         h.call(h.pol_enable, h.SetBool.Request(data=False))
     resp = h.call(h.sim_reset, h.Trigger.Request())
@@ -491,6 +493,7 @@ def _episode(h: _Harness, procs, k: int, seed: int, limit: float, expert_node, o
         holds=max(holds1 - holds0, 0),
         max_step_deg=_max_step_deg(ep),
         commands=len(ep.commanded),
+        wall_s=time.monotonic() - wall0,
         video=vid,
     )
 

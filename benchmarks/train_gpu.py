@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("model", "data", "kuavo1", "kuavo2", "lerobot1", "fp32", "resume")
+PHASES = ("model", "data", "items", "kuavo1", "kuavo2", "fp32", "resume", "lerobot1")
 TASK = "pick up the cube and place it in the box"
 
 
@@ -111,7 +111,7 @@ def kuavo_cmd(a: argparse.Namespace, ckpt: Path, data: Path, out: Path, procs: i
         launch = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
         return [sys.executable, *launch, *train]
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(procs),
-              "--num_machines", "1", "--dynamo_backend", "no"]  # fmt: skip
+              "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no"]  # fmt: skip
     return [sys.executable, *launch, *train]
 
 
@@ -176,6 +176,30 @@ def read_lerobot(log: Path, batch: int, log_freq: int, warmup: int) -> dict[str,
     }
 
 
+def item_times(data: Path, n: int = 12) -> dict[str, Any]:
+    """Seconds per dataset item in one process: LeRobot's own reads against the training
+    loader's (action chunks from column tensors), over the same random items."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from kuavo_smolvla_ros.training.data import read_chunks_from_columns
+
+    delta = {"action": [i / 10 for i in range(50)]}  # SmolVLA's chunk at 10 fps
+    out: dict[str, Any] = {}
+    idx = np.random.default_rng(0).integers(0, 10**9, n)
+    for name in ("lerobot", "kuavo"):
+        ds = LeRobotDataset(f"local/{data.name}", root=data, delta_timestamps=delta)
+        if name == "kuavo":
+            read_chunks_from_columns(ds)
+        ds[0]
+        times = []
+        for i in idx % len(ds):
+            t0 = time.perf_counter()
+            ds[int(i)]
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_item_s_median"] = round(float(np.median(times)), 4)
+    return out
+
+
 def compare_precisions(bf16: list[float], fp32: list[float], window: int) -> dict[str, Any]:
     """Loss curves of the same run in bf16 and fp32: per-step and moving-average differences."""
     n = min(len(bf16), len(fp32))
@@ -189,6 +213,39 @@ def compare_precisions(bf16: list[float], fp32: list[float], window: int) -> dic
         f"max_rel_diff_moving_avg_{window}": round(float(np.max(np.abs(bs - fs) / np.abs(fs))), 5),
         "final_moving_avg": [round(float(bs[-1]), 5), round(float(fs[-1]), 5)],
     }
+
+
+def resume_check(a: argparse.Namespace, ckpt: Path, data: Path, root: Path) -> dict[str, Any]:
+    """Several processes: a run, its last checkpoint removed, resumed to the end."""
+    out = root / "resume"
+    shutil.rmtree(out, ignore_errors=True)
+    steps = a.resume_steps or a.steps
+    a = argparse.Namespace(**{**vars(a), "steps": steps})
+    cmd = kuavo_cmd(
+        a, ckpt, data, out, a.gpus, ["--save-freq", str(steps // 2), "--val-samples", "0"]
+    )
+    first = run(cmd, root / "resume_a.log", None, a.timeout)
+    res: dict[str, Any] = {"first_rc": first["rc"]}
+    if first["rc"] != 0:
+        return res
+    ckpts, log_path = out / "checkpoints", out / "train_log.jsonl"
+    full = [json.loads(x)["loss"] for x in log_path.read_text().splitlines()]
+    shutil.rmtree(sorted(d for d in ckpts.iterdir() if d.name != "last")[-1])
+    (ckpts / "last").unlink()
+    (ckpts / "last").symlink_to(sorted(d.name for d in ckpts.iterdir())[-1])
+    second = run([*cmd, "--resume"], root / "resume_b.log", None, a.timeout)
+    res["resume_rc"] = second["rc"]
+    if second["rc"] == 0:
+        log = [json.loads(x) for x in log_path.read_text().splitlines()]
+        state = json.loads((ckpts / "last" / "training_state" / "training_step.json").read_text())
+        half = steps // 2
+        res |= {
+            "steps_logged_once_each": [r["step"] for r in log] == list(range(1, steps + 1)),
+            "final_step": state["step"],
+            "loss_second_half_uninterrupted": round(float(np.mean(full[half:])), 5),
+            "loss_second_half_resumed": round(float(np.mean([r["loss"] for r in log][half:])), 5),
+        }
+    return res
 
 
 def hardware(device: str) -> str:
@@ -213,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--lerobot-steps", type=int, default=None, help="default: --steps")
+    p.add_argument("--resume-steps", type=int, default=None, help="default: --steps")
     p.add_argument("--warmup", type=int, default=10, help="steps left out of the rates")
     p.add_argument("--log-freq", type=int, default=10)
     p.add_argument("--val-freq", type=int, default=20)
@@ -249,18 +308,29 @@ def main(argv: list[str] | None = None) -> int:
     summary["dataset"]["image"] = [a.height, a.width]
     save()
 
+    if "items" in phases:
+        summary["items"] = item_times(data)
+        say(f"items: {summary['items']}")
+        save()
     runs: dict[str, Any] = summary.setdefault("runs", {})
     val = ["--val-freq", str(a.val_freq)]
     one = dict(os.environ, CUDA_VISIBLE_DEVICES="0") if a.device.startswith("cuda") else None
-    for name in ("kuavo1", "kuavo2", "lerobot1", "fp32"):
+    for name in ("kuavo1", "kuavo2", "fp32", "resume", "lerobot1"):  # the slow one last
         if name not in phases:
+            continue
+        if name == "resume":
+            runs[name] = resume_check(a, ckpt, data, root)
+            save()
             continue
         out = root / name
         shutil.rmtree(out, ignore_errors=True)
         if name == "lerobot1":
-            res = run(lerobot_cmd(a, ckpt, data, out), root / f"{name}.log", one, a.timeout)
+            steps = a.lerobot_steps or a.steps
+            freq = max(steps // 3, 1)  # three logged intervals, the first one left out
+            la = argparse.Namespace(**{**vars(a), "steps": steps, "log_freq": freq})
+            res = run(lerobot_cmd(la, ckpt, data, out), root / f"{name}.log", one, a.timeout)
             if res["rc"] == 0:
-                res |= read_lerobot(root / f"{name}.log", a.batch_size, a.log_freq, a.warmup)
+                res |= read_lerobot(root / f"{name}.log", a.batch_size, freq, freq)
         else:
             procs = a.gpus if name == "kuavo2" else 1
             extra = val if name != "fp32" else ["--mixed-precision", "no"]
@@ -270,46 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                 res |= read_kuavo(out, a.batch_size, procs, a.warmup)
         runs[name] = res
         save()
-    if "resume" in phases:
-        out = root / "resume"
-        shutil.rmtree(out, ignore_errors=True)
-        half = ["--save-freq", str(a.steps // 2), "--val-samples", "0"]
-        cmd = kuavo_cmd(a, ckpt, data, out, a.gpus, half)
-        first = run(cmd, root / "resume_a.log", None, a.timeout)
-        res: dict[str, Any] = {"first_rc": first["rc"]}
-        if first["rc"] == 0:
-            ckpts = out / "checkpoints"
-            full = [
-                json.loads(x)["loss"]
-                for x in (out / "train_log.jsonl").read_text().split("\n")
-                if x
-            ]
-            last = sorted(d for d in ckpts.iterdir() if d.name != "last")[-1]
-            shutil.rmtree(last)
-            (ckpts / "last").unlink()
-            (ckpts / "last").symlink_to(sorted(d.name for d in ckpts.iterdir())[-1])
-            second = run([*cmd, "--resume"], root / "resume_b.log", None, a.timeout)
-            res["resume_rc"] = second["rc"]
-            if second["rc"] == 0:
-                log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-                state = json.loads((ckpts / "last" / "training_state" / "training_step.json")
-                                   .read_text())  # fmt: skip
-                res |= {
-                    "steps_logged": [r["step"] for r in log] == list(range(1, a.steps + 1)),
-                    "final_step": state["step"],
-                    "loss_second_half_uninterrupted": round(float(np.mean(full[a.steps // 2:])), 5),
-                    "loss_second_half_resumed": round(float(np.mean([r["loss"] for r in log][a.steps // 2:])), 5),
-                }  # fmt: skip
-        runs["resume"] = res
-        save()
-    if (
-        "kuavo1" in runs
-        and "fp32" in runs
-        and "losses" in runs["fp32"]
-        and "losses" in runs["kuavo1"]
-    ):
+    if "kuavo1" in runs and "fp32" in runs and "losses" in runs["fp32"]:
         summary["bf16_vs_fp32"] = compare_precisions(
-            runs["kuavo1"]["losses"], runs["fp32"]["losses"], window=max(a.steps // 10, 1)
+            runs["kuavo1"].get("losses", []), runs["fp32"]["losses"], max(a.steps // 10, 1)
         )
     save()
     print_table(summary)

@@ -449,7 +449,9 @@ class PolicyConfig(_Validated):
     fast_path: str = field(
         default="auto",
         metadata=_meta(
-            "auto (on for CUDA), on or off: bf16 + CUDA graphs.", choices=FAST_PATH_MODES
+            "auto (CUDA: bf16 + CUDA graphs; CPU: its float32 code if it equals LeRobot at"
+            " warm-up), on (CUDA) or off (LeRobot eager).",
+            choices=FAST_PATH_MODES,
         ),
     )
     task: str = field(

@@ -12,6 +12,7 @@ from kuavo_smolvla_ros.testing.fake_robot import (  # noqa: F401 - re-exported f
     FakeKuavo,
     check_invariant,
     child_pids,
+    inference_child,
     jpeg,
     process_gone,
     start_node,

@@ -424,8 +424,10 @@ class PolicyNode(Node):
         response.success, response.message = answer.ok, answer.message
         if answer.ok and request.data:
             self._ensure_model()
-        log = self.get_logger().info if answer.ok else self.get_logger().error
-        log(f"~/enable {request.data}: {response.message}")
+        if answer.ok:  # (rclpy: one severity per logging call site)
+            self.get_logger().info(f"~/enable {request.data}: {response.message}")
+        else:
+            self.get_logger().error(f"~/enable {request.data}: {response.message}")
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Any:
@@ -503,7 +505,29 @@ class PolicyNode(Node):
         self._flush_tick_log()
 
 
+class _InterruptOnce:
+    """The SIGINT handler rclpy chains to: a KeyboardInterrupt while spinning, nothing after.
+
+    ``ros2 launch`` signals the node twice on Ctrl-C; Python's default handler would raise the
+    second KeyboardInterrupt in the middle of the shutdown (a traceback, and an exit "killed by
+    SIGINT"). Installed before ``rclpy.init`` so that rclpy's own handler calls this one.
+    """
+
+    def __init__(self) -> None:
+        self.spinning = True
+        self.absorbed = 0
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.spinning:
+            self.spinning = False
+            raise KeyboardInterrupt
+        self.absorbed += 1
+
+
 def main(args: list[str] | None = None) -> int:
+    interrupt = _InterruptOnce()
+    with contextlib.suppress(ValueError):  # not the main thread (tests): keep Python's
+        signal.signal(signal.SIGINT, interrupt)
     rclpy.init(args=args)
     node: PolicyNode | None = None
     code = 0
@@ -530,14 +554,16 @@ def main(args: list[str] | None = None) -> int:
         # else: SIGTERM/SIGINT shut the context down while the executor was building its wait
         # set (rclpy raises RCLError there instead of ExternalShutdownException): a clean stop.
     finally:
-        # ros2 launch signals the node twice on Ctrl-C: a second SIGINT during the cleanup is
-        # absorbed (every step below is bounded), so the exit is clean and without a traceback.
-        with contextlib.suppress(ValueError):  # not the main thread: nothing to install
-            signal.signal(signal.SIGINT, lambda *_: None)
+        # From here a SIGINT is absorbed (every step below is bounded): a clean exit.
+        interrupt.spinning = False
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.shutdown()
             node.destroy_node()
         rclpy.try_shutdown()
+        with contextlib.suppress(ValueError):  # rclpy restores the handler it found at init
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return code
 
 

@@ -78,6 +78,7 @@ class FakeKuavo:
         self.claw = claw
         self.follow = follow
         self.cameras_on = {name: True for name in CAMERA_TOPICS}
+        self.joints_on = True
         self.bad_image: dict[str, bytes] = {}
         self.arm_override: JointState | None = None
         self.lock = threading.Lock()
@@ -127,6 +128,8 @@ class FakeKuavo:
         return cb
 
     def _publish_joints(self) -> None:
+        if not self.joints_on:
+            return
         stamp = self.node.get_clock().now().to_msg()
         if self.arm_override is not None:
             self.arm_override.header.stamp = stamp
@@ -290,6 +293,18 @@ def start_node(
     return subprocess.Popen(
         args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
     )
+
+
+def inference_child(pid: int) -> int | None:
+    """The node's inference process (spawned by multiprocessing), not its resource tracker."""
+    for c in child_pids(pid):
+        try:
+            cmd = Path(f"/proc/{c}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd:
+            return c
+    return None
 
 
 def child_pids(pid: int) -> list[int]:

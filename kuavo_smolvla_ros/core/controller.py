@@ -83,12 +83,6 @@ class Tick:
     published: bool = False  # the command went through the gate: publish it on the robot topics
 
 
-def publish_rate_hz(cfg: Config) -> float:
-    """The command rate (``outputs.publish_rate_hz``; ``scheduler.`` in older configs)."""
-    rate = getattr(cfg.outputs, "publish_rate_hz", None)
-    return float(rate if rate is not None else cfg.scheduler.publish_rate_hz)
-
-
 class Answer(NamedTuple):
     """The reply to ``enable``: whether it was done, and why (for the service response)."""
 
@@ -130,7 +124,7 @@ class PolicyController:
         self.counters = Counters()
         self.rtc = cfg.scheduler.merge_mode == "rtc"
         self.timeout_s = timeout_s
-        self._max_start_error = float(getattr(cfg.safety, "max_start_error", 0.05))
+        self._max_start_error = float(cfg.safety.max_start_error)
         self._lock = threading.Lock()
         self._episode = 0
         self._enabled = False

@@ -734,7 +734,7 @@ class ObservationBuffer:
         self._state_t: dict[str, float | None] = dict.fromkeys(STATE_SOURCES)
         self._images: dict[str, np.ndarray | None] = dict.fromkeys(self._cameras)
         self._image_t: dict[str, float | None] = dict.fromkeys(self._cameras)
-        self._max_task = int(getattr(inputs, "max_task_chars", 512))
+        self._max_task = int(inputs.max_task_chars)
         self._task = cfg.policy.task.strip()[: self._max_task]
         self.tasks_cut = 0
 

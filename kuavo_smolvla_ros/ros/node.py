@@ -110,8 +110,8 @@ class PolicyNode(Node):
             self._on_frame,
             self._on_bad_frame,
             on_crash=lambda exc: self._thread_fault("frame decoder", exc),
-            max_bytes=getattr(inp, "max_image_bytes", None),
-            max_side=getattr(inp, "max_image_side", None),
+            max_bytes=inp.max_image_bytes,
+            max_side=inp.max_image_side,
             quiet_codec=True,
         )
         self._make_publishers()
@@ -151,7 +151,7 @@ class PolicyNode(Node):
 
     def _inference_timeout(self) -> float:
         """``policy.timeout_s``, or max(2 s, 10x the warm-up chunk): finite whatever happens."""
-        configured = float(getattr(self.cfg.policy, "timeout_s", 0.0) or 0.0)
+        configured = float(self.cfg.policy.timeout_s)
         if configured > 0:
             return configured
         return max(2.0, 10.0 * float(self.runner.last_inference_s or 0.0))
@@ -239,7 +239,7 @@ class PolicyNode(Node):
 
     def _set_task(self, text: str, source: str) -> None:
         if self.controller.buffer.set_task(text):
-            limit = getattr(self.cfg.inputs, "max_task_chars", 512)
+            limit = self.cfg.inputs.max_task_chars
             self._bad_input(
                 f"task from the {source}",
                 ValueError(f"{len(text)} characters, cut to inputs.max_task_chars={limit}"),

@@ -261,7 +261,7 @@ def check_invariant(
     readings of a tick (the stamp is read right after the control time).
     """
     cfg = cfg or Config()
-    rate = getattr(cfg.outputs, "publish_rate_hz", None) or cfg.scheduler.publish_rate_hz
+    rate = cfg.outputs.publish_rate_hz
     t = np.asarray(times, float)
     restarts = np.zeros(len(t), dtype=bool)
     restarts[1:] = np.diff(t) > gap_s

@@ -40,7 +40,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from kuavo_smolvla_ros.ros.child import stop_node
+from kuavo_smolvla_ros.testing.fake_robot import CAMERA_TOPICS, FakeKuavo
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,12 +58,6 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(120 + os.getpid() % 100))
 NOMINAL_S = 0.01  # 100 Hz
 LATE_FACTOR = 1.5
 TASK = "pick up the red cube and place it in the box"
-ARM_NAMES = [f"zarm_{s}{i}_joint" for s in "lr" for i in range(1, 8)]
-CAMERA_TOPICS = {
-    "head_cam_h": "/cam_h/color/image_raw/compressed",
-    "wrist_cam_l": "/cam_l/color/image_raw/compressed",
-    "wrist_cam_r": "/cam_r/color/image_raw/compressed",
-}
 NICE_ENV = "KUAVO_SMOLVLA_CHILD_NICE"
 CPUS_ENV = "KUAVO_SMOLVLA_CHILD_CPUS"
 SCHED_ENV = "KUAVO_SMOLVLA_CHILD_SCHED"
@@ -223,86 +217,32 @@ def camera_jpeg(seed: int, h: int, w: int) -> bytes:
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
 
 
-class RobotSim:
-    """Publishes Kuavo-like inputs; records /kuavo_arm_traj arrival times and diagnostics."""
+class RobotSim(FakeKuavo):
+    """The shared simulated Kuavo (``kuavo_smolvla_ros.testing.fake_robot``) with realistic
+    camera frames; keeps only arrival times of the commands (long runs) and the diagnostics."""
 
     def __init__(self, height: int = 480, width: int = 640) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import CompressedImage, JointState
-
-        self._JointState, self._CompressedImage = JointState, CompressedImage
-        self.node = rclpy.create_node(f"bench_robot_{os.getpid()}")
-        n = self.node
-        self.lock = threading.Lock()
-        self.arm_times: list[float] = []
-        self.diag: list[tuple[float, dict[str, str]]] = []
-        self.pose = np.linspace(-0.3, -0.05, 14)
-        self.joint_pub = n.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
-        self.claw_pub = n.create_publisher(JointState, "/gripper/state", qos_profile_sensor_data)
-        self.cam_pubs = {
-            k: n.create_publisher(CompressedImage, t, qos_profile_sensor_data)
-            for k, t in CAMERA_TOPICS.items()
-        }
-        self.frames = {k: camera_jpeg(i, height, width) for i, k in enumerate(CAMERA_TOPICS)}
-        n.create_subscription(JointState, "/kuavo_arm_traj", self._on_arm, 50)
-        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
-        n.create_timer(0.01, self._publish_joints)
-        n.create_timer(1 / 30, self._publish_cameras)
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(n)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
-
-    def _on_arm(self, msg: Any) -> None:
-        t = time.monotonic()
-        with self.lock:
-            self.arm_times.append(t)
-
-    def _on_diag(self, msg: Any) -> None:
-        for st in msg.status:
-            if "policy" in st.name:
-                with self.lock:
-                    self.diag.append((time.monotonic(), {kv.key: kv.value for kv in st.values}))
-
-    def _publish_joints(self) -> None:
-        stamp = self.node.get_clock().now().to_msg()
-        msg = self._JointState(
-            name=["leg_l1_joint", *ARM_NAMES, "zhead_1_joint"],
-            position=[0.3, *self.pose.tolist(), -0.2],
+        frames = {k: camera_jpeg(i, height, width) for i, k in enumerate(CAMERA_TOPICS)}
+        super().__init__(
+            arm_pose=np.linspace(-0.3, -0.05, 14), claw=20.0, frames=frames, record=False
         )
-        msg.header.stamp = stamp
-        self.joint_pub.publish(msg)
-        claw = self._JointState(name=["left_claw", "right_claw"], position=[20.0, 20.0])
-        claw.header.stamp = stamp
-        self.claw_pub.publish(claw)
-
-    def _publish_cameras(self) -> None:
-        stamp = self.node.get_clock().now().to_msg()
-        for name, pub in self.cam_pubs.items():
-            msg = self._CompressedImage(format="jpeg", data=self.frames[name])
-            msg.header.stamp = stamp
-            pub.publish(msg)
 
     def arrivals(self, t0: float, t1: float) -> np.ndarray:
-        with self.lock:
-            return np.array([t for t in self.arm_times if t0 <= t < t1])
+        times = self.stamps("/kuavo_arm_traj", t0)
+        return times[times < t1]
 
-    def diagnostics(self, t0: float, t1: float) -> list[dict[str, str]]:
+    def diagnostics(self, t0: float, t1: float) -> list[dict[str, str]]:  # type: ignore[override]
         with self.lock:
-            return [d for t, d in self.diag if t0 <= t < t1]
+            msgs = [m for t, m in self.received["/diagnostics"] if t0 <= t < t1]
+        return [
+            {kv.key: kv.value for kv in st.values}
+            for m in msgs
+            for st in m.status
+            if "policy" in st.name
+        ]
 
     def reset_records(self) -> None:
-        with self.lock:
-            self.arm_times.clear()
-            self.diag.clear()
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self._thread.join(timeout=5.0)
-        self.node.destroy_node()
+        self.clear_records()
 
 
 # -- the node under test -------------------------------------------------------------------------

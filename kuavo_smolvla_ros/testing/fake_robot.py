@@ -72,11 +72,17 @@ class FakeKuavo:
         image_size: tuple[int, int] = (96, 128),
         camera_hz: float = 30.0,
         joint_hz: float = 100.0,
+        frames: dict[str, bytes] | None = None,
+        record: bool = True,
     ) -> None:
+        """``frames``: JPEG bytes per camera (default: random ``image_size`` frames).
+        ``record=False`` keeps only arrival times of the command topics (long benchmarks);
+        /diagnostics messages are always kept."""
         self.node = rclpy.create_node(f"fake_kuavo_{os.getpid()}_{id(self) % 10000}")
         self.arm_pose = np.zeros(14) if arm_pose is None else np.asarray(arm_pose, float)
         self.claw = claw
         self.follow = follow
+        self.record = record
         self.cameras_on = {name: True for name in CAMERA_TOPICS}
         self.joints_on = True
         self.bad_image: dict[str, bytes] = {}
@@ -108,7 +114,7 @@ class FakeKuavo:
         self.reset_cli = n.create_client(Trigger, f"{NODE}/reset")
         self.param_cli = n.create_client(SetParameters, f"{NODE}/set_parameters")
         h, w = image_size
-        self._frames = {k: jpeg(i, h, w) for i, k in enumerate(CAMERA_TOPICS)}
+        self._frames = frames or {k: jpeg(i, h, w) for i, k in enumerate(CAMERA_TOPICS)}
         n.create_timer(1.0 / joint_hz, self._publish_joints)
         n.create_timer(1.0 / camera_hz, self._publish_cameras)
         self.executor = SingleThreadedExecutor()
@@ -117,9 +123,11 @@ class FakeKuavo:
         self._thread.start()
 
     def _recorder(self, topic: str):
+        keep = self.record or topic == "/diagnostics"
+
         def cb(msg) -> None:
             with self.lock:
-                self.received[topic].append((time.monotonic(), msg))
+                self.received[topic].append((time.monotonic(), msg if keep else None))
             if self.follow and topic == ARM_TOPIC:
                 self.arm_pose = np.radians(np.asarray(msg.position, float))
             elif self.follow and topic == GRIPPER_TOPIC:
@@ -241,8 +249,13 @@ class FakeKuavo:
         req = SetParameters.Request(parameters=[ParameterMsg(name=name, value=v)])
         return self.call(self.param_cli, req).results[0]
 
+    def clear_records(self) -> None:
+        with self.lock:
+            self.received.clear()
+
     def close(self) -> None:
         self.executor.shutdown()
+        self._thread.join(timeout=5.0)
         self.node.destroy_node()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,8 +167,8 @@ def train_stages(
         else len(policy_cfg.action_delta_indices)
     )
     plans = plan_stages(stages, ck, cfg, opts, horizon)
-    # Every process checks before any of them writes: the accelerator's process group forms
-    # only once all have arrived, and only the main process creates files after that.
+    # Every process checks before any of them writes: only the main process creates files,
+    # after a barrier (the process group itself forms without one).
     check_output_dir(out, opts.resume)
     accelerator = make_accelerator(device, mixed_precision(opts.mixed_precision, device))
     device = process_device(accelerator, device)
@@ -182,6 +183,7 @@ def train_stages(
     if not main:  # one voice: the main process logs, validates and writes (LeRobot: root)
         for name in ("kuavo_smolvla_ros", ""):
             logging.getLogger(name).setLevel(logging.WARNING)
+    accelerator.wait_for_everyone()  # every process has checked ``out`` before it changes
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_NAME).write_text(
@@ -227,6 +229,7 @@ def train_stages(
         if result.steps_per_s is None and row_key in old_rows:
             result.val_loss = dict(old_rows[row_key]["val_loss"])
         elif opts.val_samples and main:
+            t0 = time.perf_counter()
             for earlier in plans[: plan.index]:
                 s = earlier.source
                 ds = open_dataset(train_cfg, s, s.val_episodes or s.train_episodes, opts)
@@ -239,6 +242,7 @@ def train_stages(
                     seed=opts.seed,
                     accelerator=accelerator,
                 )
+            log.info("validation of %d task(s) in %.1f s", plan.index, time.perf_counter() - t0)
         if accelerator.num_processes > 1:  # every process returns the same result
             result.val_loss = _from_main(result.val_loss)
         results.append(result)

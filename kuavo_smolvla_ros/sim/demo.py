@@ -62,8 +62,8 @@ def run(
     cfg = load_config(default_config_path())
     instruction = TASKS[task].instruction
     state_path = out / "demo_sim_state.json"
-    want = {"model": str(model.resolve()), "task": task, "demos": demos, "seed": seed,
-            "steps": steps, "lr": lr, "size": [height, width]}  # fmt: skip
+    want = {"task": task, "demos": demos, "seed": seed, "size": [height, width]}
+    want_train = {**want, "model": str(model.resolve()), "steps": steps, "lr": lr}
     have = json.loads(state_path.read_text()) if state_path.is_file() else {}
     timings: dict[str, float] = {}
 
@@ -96,7 +96,11 @@ def run(
 
     t0 = time.monotonic()
     ckpt_file = out / "finetuned_checkpoint.txt"
-    if have.get("trained") == want and ckpt_file.is_file() and Path(ckpt_file.read_text()).is_dir():
+    if (
+        have.get("trained") == want_train
+        and ckpt_file.is_file()
+        and Path(ckpt_file.read_text()).is_dir()
+    ):
         ckpt = Path(ckpt_file.read_text())
         _say(f"3/5 reusing the fine-tuned checkpoint {ckpt}")
     else:
@@ -107,12 +111,13 @@ def run(
         _say(f"3/5 converting {len(bags)} bags into a LeRobot dataset ...")
         dataset, train_dir = out / "dataset", out / "finetune"
         shutil.rmtree(train_dir, ignore_errors=True)
-        convert_bags(bags, dataset, cfg, task=instruction, overwrite=True)
+        # frames as images, not AV1 video: decoding video dominates a CPU training step
+        convert_bags(bags, dataset, cfg, task=instruction, overwrite=True, video=False)
         _say(f"4/5 fine-tuning the tiny model {steps} steps (lr {lr:g}) on the CPU ...")
         opts = TrainOptions(device="cpu", val_samples=0, log_freq=max(steps // 4, 1))
         ckpt = finetune(model, dataset, train_dir, steps=steps, lr=lr, config=cfg, options=opts)
         ckpt_file.write_text(str(ckpt))
-        have["trained"] = want
+        have["trained"] = want_train
         state_path.write_text(json.dumps(have))
     timings["convert_train"] = time.monotonic() - t0
 

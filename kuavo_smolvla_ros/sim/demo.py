@@ -45,7 +45,7 @@ def run(
     task: str = "reach",
     demos: int = 40,
     eval_episodes: int = 10,
-    steps: int = 600,
+    steps: int = 300,
     lr: float = 3e-3,
     seed: int = 0,
     eval_seed: int = 1000,
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--task", default="reach", choices=sorted(TASKS))
     p.add_argument("--demos", type=int, default=40)
     p.add_argument("--eval-episodes", type=int, default=10)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--time-limit", type=float, default=8.0)
     a = p.parse_args(argv)

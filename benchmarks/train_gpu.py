@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, default=2, help="processes of the several-GPU runs")
     p.add_argument("--phases", default=",".join(PHASES), help=f"subset of {PHASES}")
     p.add_argument("--timeout", type=float, default=600, help="per run, seconds")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="kuavo1 on GPU 0 and lerobot1 on GPU 1 at the same time")  # fmt: skip
     a = p.parse_args(argv)
     phases = a.phases.split(",")
     root = Path(a.out)
@@ -313,32 +315,41 @@ def main(argv: list[str] | None = None) -> int:
         say(f"items: {summary['items']}")
         save()
     runs: dict[str, Any] = summary.setdefault("runs", {})
-    val = ["--val-freq", str(a.val_freq)]
-    one = dict(os.environ, CUDA_VISIBLE_DEVICES="0") if a.device.startswith("cuda") else None
-    for name in ("kuavo1", "kuavo2", "fp32", "resume", "lerobot1"):  # the slow one last
-        if name not in phases:
-            continue
-        if name == "resume":
-            runs[name] = resume_check(a, ckpt, data, root)
-            save()
-            continue
+
+    def one_run(name: str, gpu: int) -> dict[str, Any]:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu)) if a.device != "cpu" else None
         out = root / name
         shutil.rmtree(out, ignore_errors=True)
         if name == "lerobot1":
             steps = a.lerobot_steps or a.steps
             freq = max(steps // 3, 1)  # three logged intervals, the first one left out
             la = argparse.Namespace(**{**vars(a), "steps": steps, "log_freq": freq})
-            res = run(lerobot_cmd(la, ckpt, data, out), root / f"{name}.log", one, a.timeout)
+            res = run(lerobot_cmd(la, ckpt, data, out), root / f"{name}.log", env, a.timeout)
             if res["rc"] == 0:
                 res |= read_lerobot(root / f"{name}.log", a.batch_size, freq, freq)
+            return res
+        procs = a.gpus if name == "kuavo2" else 1
+        extra = ["--val-freq", str(a.val_freq)] if name != "fp32" else ["--mixed-precision", "no"]
+        cmd = kuavo_cmd(a, ckpt, data, out, procs, extra)
+        res = run(cmd, root / f"{name}.log", env if procs == 1 else None, a.timeout)
+        if res["rc"] == 0:
+            res |= read_kuavo(out, a.batch_size, procs, a.warmup)
+        return res
+
+    order = [n for n in ("kuavo2", "kuavo1", "fp32", "resume", "lerobot1") if n in phases]
+    if a.side_by_side and "kuavo1" in order and "lerobot1" in order:
+        # the two 1-GPU runs at once, one GPU each (separate cards, 32 cores between them)
+        order.remove("lerobot1")
+    for name in order:
+        if name == "resume":
+            runs[name] = resume_check(a, ckpt, data, root)
+        elif name == "kuavo1" and a.side_by_side and "lerobot1" in phases:
+            with ThreadPoolExecutor(2) as pool:
+                mine, theirs = pool.map(one_run, ("kuavo1", "lerobot1"), (0, 1))
+            runs["kuavo1"], runs["lerobot1"] = mine, theirs
+            runs["kuavo1"]["side_by_side_with"] = "lerobot1"
         else:
-            procs = a.gpus if name == "kuavo2" else 1
-            extra = val if name != "fp32" else ["--mixed-precision", "no"]
-            cmd = kuavo_cmd(a, ckpt, data, out, procs, extra)
-            res = run(cmd, root / f"{name}.log", one if procs == 1 else None, a.timeout)
-            if res["rc"] == 0:
-                res |= read_kuavo(out, a.batch_size, procs, a.warmup)
-        runs[name] = res
+            runs[name] = one_run(name, 0)
         save()
     if "kuavo1" in runs and "fp32" in runs and "losses" in runs["fp32"]:
         summary["bf16_vs_fp32"] = compare_precisions(

@@ -460,8 +460,12 @@ def run_paired(size: str, where: str | None, args: argparse.Namespace) -> dict[s
     """The CPU default's speed-up, robust to a busy machine: ``load_policy``'s default runner
     and LeRobot's eager path (``PolicyRunner``, bit for bit ``predict_action_chunk``) on the
     same loaded weights, timed alternately (ABBA) on the same requests through ``run_request``,
-    so load from other processes hits both alike; the speed-up is the median of per-pair ratios.
+    so load from other processes hits both alike; the speed-up is the median of per-pair ratios,
+    of wall time and of this process's CPU time (with ``--threads 1`` the work itself: a busy
+    machine stretches wall time, not the CPU seconds a chunk needs).
     """
+    import torch
+
     from kuavo_smolvla_ros.core.config import Config
     from kuavo_smolvla_ros.demo.model import DEFAULT_CAMERAS
     from kuavo_smolvla_ros.runners.base import run_request
@@ -476,18 +480,21 @@ def run_paired(size: str, where: str | None, args: argparse.Namespace) -> dict[s
     eager = PolicyRunner(default.parts)
     pairs = args.paired
     times: dict[str, list[float]] = {"default": [], "eager": []}
+    cpu: dict[str, list[float]] = {"default": [], "eager": []}
     diffs = []
     for i in range(pairs + 1):  # the first pair is warm-up
         req, seed = _request(cases[i % len(cases)])
         order = [("default", default), ("eager", eager)]
         outs = {}
         for name, runner in order if i % 2 else order[::-1]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             outs[name] = run_request(runner, req, seed)
             if i:
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
         diffs.append(float(np.abs(outs["default"] - outs["eager"]).max()))
     ratios = [e / d for e, d in zip(times["eager"], times["default"])]
+    cpu_ratios = [e / d for e, d in zip(cpu["eager"], cpu["default"])]
     out = {
         "size": size,
         "device": _device_name(args.device),
@@ -498,12 +505,19 @@ def run_paired(size: str, where: str | None, args: argparse.Namespace) -> dict[s
         "default_median_ms": 1e3 * float(np.median(times["default"])),
         "speedup_median_of_ratios": float(np.median(ratios)),
         "speedup_min_max": (float(min(ratios)), float(max(ratios))),
+        "eager_cpu_median_s": float(np.median(cpu["eager"])),
+        "default_cpu_median_s": float(np.median(cpu["default"])),
+        "cpu_speedup_median_of_ratios": float(np.median(cpu_ratios)),
+        "cpu_speedup_min_max": (float(min(cpu_ratios)), float(max(cpu_ratios))),
+        "torch_threads": torch.get_num_threads(),
         "max_abs_diff": max(diffs),
         "load_1min": (load0, os.getloadavg()[0]),
     }
     print(
         f"paired {size}: default {out['default_runner']} {out['default_median_ms']:.0f} ms,"
-        f" eager {out['eager_median_ms']:.0f} ms, speed-up {out['speedup_median_of_ratios']:.2f}x"
+        f" eager {out['eager_median_ms']:.0f} ms, speed-up {out['speedup_median_of_ratios']:.2f}x,"
+        f" CPU s {out['default_cpu_median_s']:.2f} vs {out['eager_cpu_median_s']:.2f}:"
+        f" {out['cpu_speedup_median_of_ratios']:.2f}x"
         f" ({out['speedup_min_max'][0]:.2f}-{out['speedup_min_max'][1]:.2f}), max abs diff"
         f" {out['max_abs_diff']:.1e}, load {out['load_1min'][0]:.1f}->{out['load_1min'][1]:.1f}",
         flush=True,
@@ -542,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only the CPU default's speed-up: N alternating pairs of the default runner and"
         " LeRobot's eager path on the same weights (robust to other load on the machine)",
     )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
 
@@ -549,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from kuavo_smolvla_ros.runners.base import set_torch_threads
+
+    set_torch_threads(args.threads)
     if args.warmup is None:
         args.warmup = 3 if args.device.startswith("cuda") else 1
     sizes = [x for x in args.size.split(",") if x]
@@ -558,16 +576,20 @@ def main(argv: list[str] | None = None) -> int:
     where += [""] * (len(sizes) - len(where))
     if args.paired:
         results = {size: run_paired(size, w or None, args) for size, w in zip(sizes, where)}
-        print("\n| model | default runner | median ms | LeRobot eager median ms | speed-up"
-              " (median of pair ratios, range) | max abs diff | pairs | load avg |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| model | default runner | wall ms: default / LeRobot eager | speed-up (range)"
+              " | CPU s: default / LeRobot eager | speed-up (range) | max abs diff | pairs"
+              " | threads | load avg |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in results.values():
             lo, hi = r["speedup_min_max"]
+            clo, chi = r["cpu_speedup_min_max"]
             print(
-                f"| {r['size']} | {r['default_runner']} | {r['default_median_ms']:.0f} |"
+                f"| {r['size']} | {r['default_runner']} | {r['default_median_ms']:.0f} /"
                 f" {r['eager_median_ms']:.0f} | {r['speedup_median_of_ratios']:.2f}x"
-                f" ({lo:.2f}-{hi:.2f}) | {r['max_abs_diff']:.1e} | {r['pairs']} |"
-                f" {r['load_1min'][0]:.1f}-{r['load_1min'][1]:.1f} |"
+                f" ({lo:.2f}-{hi:.2f}) | {r['default_cpu_median_s']:.2f} /"
+                f" {r['eager_cpu_median_s']:.2f} | {r['cpu_speedup_median_of_ratios']:.2f}x"
+                f" ({clo:.2f}-{chi:.2f}) | {r['max_abs_diff']:.1e} | {r['pairs']} |"
+                f" {r['torch_threads']} | {r['load_1min'][0]:.1f}-{r['load_1min'][1]:.1f} |"
             )
     else:
         results = {size: run_size(size, w or None, args) for size, w in zip(sizes, where)}

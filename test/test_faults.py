@@ -45,7 +45,6 @@ def assert_invariant(robot: FakeKuavo, since: float = 0.0, min_commands: int = 1
     """The invariant on every command received since ``since``; returns how many."""
     times, cmds = robot.published_commands(since)
     assert len(times) >= min_commands, f"only {len(times)} commands published"
-    assert not np.isnan(cmds).any(), "arm and gripper commands come in pairs (one stamp)"
     bad = check_invariant(times, cmds, CFG)
     assert bad == [], "\n".join(bad[:5])
     return len(times)
@@ -200,9 +199,9 @@ def test_a_stopped_child_trips_the_watchdog_and_reset_starts_a_new_one(node):
     finally:
         with_suppress_kill(child)
     t_fault = time.monotonic()
-    time.sleep(1.0)
-    _, held = robot.published_commands(t_fault + 0.3)
-    assert len(held) > 20 and np.ptp(held, axis=0).max() == 0.0, "a fault holds"
+    robot.wait_for("/kuavo_arm_traj", 20, since=t_fault)
+    _, held = robot.published_commands(t_fault)
+    assert np.ptp(held, axis=0).max() == 0.0, "a fault holds the last command"
     assert robot.reset().success
     _running(robot, timeout=120)
     assert nd.child != child

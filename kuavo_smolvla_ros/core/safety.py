@@ -234,6 +234,7 @@ def invariant_violations(
     *,
     restarts: np.ndarray | None = None,
     atol: float = 1e-9,
+    limit: int = 20,
 ) -> list[str]:
     """Every way a published command stream breaks the invariant; [] when it holds.
 
@@ -241,6 +242,7 @@ def invariant_violations(
     ``max_velocity * min(t - t_prev, dt_cap)`` from the previous *published* command.
     ``restarts`` marks commands that follow a silence (the first after an enable), which only
     have to be inside the limits. Shared by the tests, the soak benchmark and replay checks.
+    At most ``limit`` violations are described (one per command and kind).
     """
     cmd = np.asarray(commands, dtype=np.float64)
     t = np.asarray(times, dtype=np.float64)
@@ -249,9 +251,10 @@ def invariant_violations(
     if cmd.size == 0:
         return out
     bad = ~np.isfinite(cmd) | (cmd < lower - atol) | (cmd > upper + atol)
-    for i, j in zip(*np.nonzero(bad)):
+    for i in np.nonzero(bad.any(axis=1))[0]:
+        j = int(np.argmax(bad[i]))
         out.append(f"command {i} (t={t[i]:.4f}) dim {j} = {cmd[i, j]!r} outside the limits")
-        if len(out) >= 20:
+        if len(out) >= limit:
             return out
     fresh = np.zeros(len(cmd), dtype=bool) if restarts is None else np.asarray(restarts, bool)
     for i in range(1, len(cmd)):
@@ -266,7 +269,7 @@ def invariant_violations(
                 f"command {i} (t={t[i]:.4f}) dim {j} moved {step[j]:.6g} in {dt:.4f} s"
                 f" (cap {float(np.broadcast_to(vmax, step.shape)[j] * dt):.6g})"
             )
-            if len(out) >= 20:
+            if len(out) >= limit:
                 break
     return out
 

@@ -85,6 +85,7 @@ class FakeKuavo:
         self.record = record
         self.cameras_on = {name: True for name in CAMERA_TOPICS}
         self.joints_on = True
+        self.unpaired = 0  # see published_commands
         self.bad_image: dict[str, bytes] = {}
         self.arm_override: JointState | None = None
         self.lock = threading.Lock()
@@ -179,17 +180,18 @@ class FakeKuavo:
         raise AssertionError(f"timed out waiting for {count} messages on {topic}")
 
     def published_commands(self, since: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-        """(stamps in s, (N, 16) commands in SI units) of every robot command received,
-        arm (degrees) and gripper (0..100) messages paired by their header stamp."""
+        """(stamps in s, (N, 16) commands in SI units) of every robot command received: arm
+        (degrees) and gripper (0..100) messages paired by their header stamp. A stamp seen on
+        one topic only (the other message not received yet, at the end of a window) is left
+        out; ``unpaired`` counts them."""
         arms = {_stamp_s(m): m for m in self.messages(ARM_TOPIC, since)}
         grips = {_stamp_s(m): m for m in self.messages(GRIPPER_TOPIC, since)}
-        times = sorted(set(arms) | set(grips))
-        cmds = np.full((len(times), 16), np.nan)
+        times = sorted(set(arms) & set(grips))
+        self.unpaired = len(set(arms) ^ set(grips))
+        cmds = np.empty((len(times), 16))
         for i, t in enumerate(times):
-            if t in arms:
-                cmds[i, ARM_DIMS] = np.radians(np.asarray(arms[t].position, float))
-            if t in grips:
-                cmds[i, GRIPPER_DIMS] = np.asarray(grips[t].position, float) / 100.0
+            cmds[i, ARM_DIMS] = np.radians(np.asarray(arms[t].position, float))
+            cmds[i, GRIPPER_DIMS] = np.asarray(grips[t].position, float) / 100.0
         return np.asarray(times), cmds
 
     def diagnostic_status(self, since: float = 0.0) -> tuple[int, str, dict[str, str]] | None:
@@ -266,6 +268,7 @@ def check_invariant(
     *,
     gap_s: float = 0.5,
     slack_s: float = 2e-4,
+    limit: int = 20,
 ) -> list[str]:
     """Invariant violations in a received command stream (``FakeKuavo.published_commands``).
 
@@ -291,6 +294,7 @@ def check_invariant(
         2.0 / rate,
         restarts=restarts,
         atol=float(np.max(vmax)) * slack_s + 1e-9,
+        limit=limit,
     )
 
 

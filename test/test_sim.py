@@ -269,3 +269,15 @@ def test_same_commands_same_seed_give_the_same_physics():
         r.close()
     assert np.array_equal(runs[0][0], runs[1][0])
     assert np.array_equal(runs[0][1], runs[1][1])
+
+
+def test_command_latency_delays_the_arm_by_that_much_sim_time():
+    r = SimRobot(SimConfig(width=64, height=48, command_latency_s=0.1))
+    q0 = r.arm_positions()
+    target = q0 + np.r_[np.zeros(7), -0.3, np.zeros(6)]
+    r.command_arm(target)
+    r.step(9)  # 0.09 s: the command has not reached the actuators yet
+    assert np.abs(r.arm_positions() - q0).max() < 1e-3
+    r.step(30)
+    assert abs(r.arm_positions()[7] - q0[7]) > 0.1
+    r.close()

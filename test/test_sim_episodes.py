@@ -46,8 +46,9 @@ def test_same_seed_gives_the_same_episode(tmp_path):
     ]
     a, b = (r["per_episode"][0] for r in runs)
     assert a["seed"] == b["seed"] == 11 and a["success"] and b["success"]
-    # Same layout, same expert plan: the same outcome within the jitter of DDS delivery.
-    assert abs(a["time_to_success_s"] - b["time_to_success_s"]) < 0.3
+    # Same layout, same expert plan: the same outcome, within the jitter of DDS delivery and
+    # of a loaded machine (the expert waits for the measured arm at every waypoint).
+    assert abs(a["time_to_success_s"] - b["time_to_success_s"]) < 1.0, (a, b)
     # The first camera frames of the two runs are the same pixels.
     frames = []
     for r in runs:
@@ -55,7 +56,8 @@ def test_same_seed_gives_the_same_episode(tmp_path):
         ok, frame = cap.read()
         assert ok
         frames.append(frame.astype(int))
-    assert abs(frames[0] - frames[1]).mean() < 1.0
+    diff = abs(frames[0] - frames[1]).mean()
+    assert diff < 1.0, f"first frames differ by {diff:.2f} on average"
 
 
 def test_recorded_demos_convert_unchanged(tmp_path):

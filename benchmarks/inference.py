@@ -522,11 +522,11 @@ def run_paired(size: str, where: str | None, args: argparse.Namespace) -> dict[s
     }
     print(
         f"paired {size}: default {out['default_runner']} {out['default_median_ms']:.0f} ms,"
-        f" eager {out['eager_median_ms']:.0f} ms, speed-up {out['speedup_median_of_ratios']:.2f}x,"
-        f" CPU s {out['default_cpu_median_s']:.2f} vs {out['eager_cpu_median_s']:.2f}:"
+        f" eager {out['eager_median_ms']:.0f} ms, speed-up {out['speedup_median_of_ratios']:.2f}x"
+        f" ({out['speedup_min_max'][0]:.2f}-{out['speedup_min_max'][1]:.2f}); CPU s"
+        f" {out['default_cpu_median_s']:.2f} vs {out['eager_cpu_median_s']:.2f}:"
         f" {out['cpu_speedup_median_of_ratios']:.2f}x; min ms {out['default_min_ms']:.0f} vs"
-        f" {out['eager_min_ms']:.0f}"
-        f" ({out['speedup_min_max'][0]:.2f}-{out['speedup_min_max'][1]:.2f}), max abs diff"
+        f" {out['eager_min_ms']:.0f}, max abs diff"
         f" {out['max_abs_diff']:.1e}, load {out['load_1min'][0]:.1f}->{out['load_1min'][1]:.1f}",
         flush=True,
     )

@@ -256,9 +256,12 @@ def test_a_base_checkpoint_with_other_dims_and_camera_names_is_fine_tuned_to_kua
     cfg = Config(
         inputs=InputsConfig(cameras=CamerasConfig(rename_to=("camera1", "camera2", "camera3")))
     )
+    held_out = dataclasses.replace(FAST, val_fraction=0.5)  # train on episode 0, validate on 1
     ckpt = training.finetune(
-        base, pick_dataset, tmp_path / "ft", steps=3, batch_size=2, config=cfg, options=FAST
+        base, pick_dataset, tmp_path / "ft", steps=3, batch_size=2, config=cfg, options=held_out
     )
+    val = json.loads((tmp_path / "ft" / training.VALIDATION_NAME).read_text())
+    assert val["tasks"][0]["split"] == "held-out" and val["rows"][0]["val_loss"]["pick"] > 0
 
     saved = json.loads((ckpt / "config.json").read_text())
     assert saved["input_features"]["observation.state"]["shape"] == [16]
@@ -369,7 +372,7 @@ def test_action_chunks_read_from_column_tensors_equal_lerobots_own_reads(tmp_pat
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from kuavo_smolvla_ros.training.data import read_chunks_from_columns
+    from kuavo_smolvla_ros.training.data import TaskText, read_chunks_from_columns
 
     root = write_dataset(tmp_path / "img", episodes=3, frames=20, size=16, video=False)
     delta = {"action": [i / 10 for i in range(50)]}
@@ -382,9 +385,17 @@ def test_action_chunks_read_from_column_tensors_equal_lerobots_own_reads(tmp_pat
         )
         read_chunks_from_columns(mine)
         assert mine._query_hf_dataset != theirs._query_hf_dataset
+        # The training loader's own view: the whole dataset, seen through the episodes.
+        whole = LeRobotDataset(f"local/{root.name}", root=root, delta_timestamps=delta)
+        read_chunks_from_columns(whole)
+        view = TaskText(whole, None, episodes)
+        assert len(view) == len(theirs) and view.num_episodes == theirs.num_episodes
         for i in (0, 7, 19, 20, len(theirs) - 1):
-            a, b = mine[i], theirs[i]
-            assert a.keys() == b.keys()
-            for key in b:
-                same = torch.equal(a[key], b[key]) if torch.is_tensor(b[key]) else a[key] == b[key]
-                assert same, (episodes, i, key)
+            b = theirs[i]
+            for a in (mine[i], view[i]):
+                assert a.keys() == b.keys()
+                for key in b:
+                    same = (
+                        torch.equal(a[key], b[key]) if torch.is_tensor(b[key]) else a[key] == b[key]
+                    )
+                    assert same, (episodes, i, key)

@@ -144,13 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress = False if args.no_progress else None
         device = args.device or cfg.policy.device
         if args.mode == "offline":
-            from kuavo_smolvla_ros.runners.eager import load_policy
+            from kuavo_smolvla_ros.runners.factory import make_runner
 
-            if cfg.policy.torch_threads > 0:
-                import torch
-
-                torch.set_num_threads(cfg.policy.torch_threads)
-            runner = load_policy(args.checkpoint, device=device, config=cfg)
+            # In this process: simulated time needs no child to keep a control timer on time.
+            runner = make_runner(cfg, checkpoint=args.checkpoint, device=device, backend="thread")
             result = replay_offline(
                 bag,
                 runner,

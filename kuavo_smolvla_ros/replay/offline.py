@@ -48,6 +48,7 @@ from kuavo_smolvla_ros.replay.plan import (
     replay_config,
 )
 from kuavo_smolvla_ros.ros.messages import header_time
+from kuavo_smolvla_ros.runners.base import Runner, run_request
 
 __all__ = ["DEFAULT_LATENCY_S", "live_timeline", "replay_offline", "timeline_from_dir"]
 
@@ -104,7 +105,7 @@ class _OfflineSim:
     def __init__(
         self,
         cfg: Config,
-        runner: Any,
+        runner: Runner,
         seed: int | None,
         latency: _LatencyModel,
         tick_times: Sequence[float] | None = None,
@@ -178,17 +179,9 @@ class _OfflineSim:
         self._deliver(t, strict=False)  # arrived at this very tick: merged after it
 
     def _infer(self, req: InferenceRequest) -> None:
-        obs = req.observation
         chunk, error = None, None
         try:
-            chunk = self.runner.predict_chunk(
-                obs.state,
-                obs.images,
-                obs.task,
-                seed=self.seed,
-                inference_delay=req.delay_steps,
-                prev_chunk_left_over=req.leftover,
-            )
+            chunk = run_request(self.runner, req, self.seed)
         except Exception as exc:  # a model failure holds, as in the node
             error = f"{type(exc).__name__}: {exc}"
             if error not in self.failures:
@@ -251,7 +244,7 @@ def _nothing_evaluated(
 
 def replay_offline(
     bag: str | os.PathLike | Sequence[str | os.PathLike],
-    runner: Any,
+    runner: Runner,
     cfg: Config,
     *,
     seed: int | None = 0,
@@ -262,8 +255,8 @@ def replay_offline(
 ) -> ReplayResult:
     """Run the node's core over ``bag`` in simulated time (module docstring, "offline").
 
-    ``runner``: a ``PolicyRunner`` (``policy.load_policy``) or anything with its
-    ``predict_chunk`` / ``last_inference_s``. ``latency_s``: seconds, ``"measured"``, or one
+    ``runner``: a ``runners.base.Runner`` (``load_policy``, ``make_runner``).
+    ``latency_s``: seconds, ``"measured"``, or one
     value per chunk in request order (the last one repeats). ``tick_times``: control ticks at
     these bag times instead of the ``publish_rate_hz`` grid (with ``live_timeline`` of a live
     result: the live run's own ticks and latencies, to reproduce it). Raises ``ReplayError``
@@ -271,8 +264,7 @@ def replay_offline(
     """
     cfg = replay_config(cfg, task)
     lat = _LatencyModel(latency_s)
-    if hasattr(runner, "reset"):
-        runner.reset()
+    runner.reset()
     with open_bag(bag) as reader:
         plan = plan_inputs(cfg, reader, task)
         warnings = list(reader.warnings) + plan.warnings

@@ -102,6 +102,7 @@ class PolicyNode(Node):
 
         self._warned: dict[str, tuple[float, int]] = {}
         self._timeouts_seen = 0
+        self._stamp_offset: int | None = None
         self._dead_child_seen: int | None = None  # pid of an exited child already reported
         self._restart_child = threading.Event()
         self._codec_warnings_seen = 0
@@ -257,7 +258,7 @@ class PolicyNode(Node):
     def _on_tick(self) -> None:
         t_start = time.monotonic()
         t = self.now_s()
-        stamp = self.get_clock().now()  # read with t: stamps and control time step together
+        stamp = self._stamp(t)
         tick = self.controller.tick(t, publish=not self._dry_run)
         if tick.request is not None:
             try:
@@ -281,6 +282,21 @@ class PolicyNode(Node):
             rows, self._tick_log = self._tick_log, []
             with open(self._tick_log_path, "a") as f:
                 f.writelines(f"{a:.6f} {b:.6f}\n" for a, b in rows)
+
+    def _stamp(self, t: float) -> Time:
+        """The header stamp of the commands of the tick at control time ``t``: the ROS clock
+        (sim time: ``t`` itself), offset from the monotonic control clock by a constant, so
+        that stamp differences are exactly the control ``dt`` the speed limit used (reading
+        the two clocks separately differs by the preemption between the reads). The offset
+        follows a wall-clock step larger than 0.1 s."""
+        clock = self.get_clock()
+        t_ns = round(t * 1e9)
+        if not self._sim_time:
+            offset = clock.now().nanoseconds - t_ns
+            if self._stamp_offset is None or abs(offset - self._stamp_offset) > 100_000_000:
+                self._stamp_offset = offset
+            t_ns += self._stamp_offset
+        return Time(nanoseconds=t_ns, clock_type=clock.clock_type)
 
     def _on_timeout(self) -> None:
         """The watchdog fired: free the worker from a hung child (SIGSTOP, deadlock) by killing
@@ -350,7 +366,7 @@ class PolicyNode(Node):
         """A model process that exited, even between requests, is a fault with its exit code
         (never a silent restart); ``~/reset`` or ``~/enable`` starts a new one."""
         alive = getattr(self.runner, "alive", None)
-        if alive is None or alive or self._stop.is_set():
+        if alive is None or alive or self._stop.is_set() or self._restart_child.is_set():
             return
         pid = getattr(self.runner, "pid", None)
         if pid == self._dead_child_seen:
@@ -446,6 +462,8 @@ class PolicyNode(Node):
         alive = getattr(self.runner, "alive", None)
         if alive is None or alive:
             return False
+        # Its death needs no report now: ~/reset or ~/enable has just cleared the fault.
+        self._dead_child_seen = getattr(self.runner, "pid", None)
         self.controller.set_model_ready(False, "starting a new inference process")
         self._restart_child.set()
         return True

@@ -102,6 +102,7 @@ class PolicyNode(Node):
 
         self._warned: dict[str, tuple[float, int]] = {}
         self._timeouts_seen = 0
+        self._killed_pid: int | None = None  # the child the watchdog killed (maybe not reaped)
         self._stamp_offset: int | None = None
         self._dead_child_seen: int | None = None  # pid of an exited child already reported
         self._restart_child = threading.Event()
@@ -308,6 +309,7 @@ class PolicyNode(Node):
         )
         kill = getattr(self.runner, "kill", None)
         if kill is not None:
+            self._killed_pid = getattr(self.runner, "pid", None)
             kill()
 
     def _publish(self, tick: Tick, stamp: Time) -> None:
@@ -460,10 +462,11 @@ class PolicyNode(Node):
         """After a fault is cleared: a dead inference process is replaced (by the worker, so
         this service never blocks). True if a restart was asked for."""
         alive = getattr(self.runner, "alive", None)
-        if alive is None or alive:
+        pid = getattr(self.runner, "pid", None)
+        if alive is None or (alive and pid != self._killed_pid):  # killed: may not be reaped yet
             return False
         # Its death needs no report now: ~/reset or ~/enable has just cleared the fault.
-        self._dead_child_seen = getattr(self.runner, "pid", None)
+        self._dead_child_seen = pid
         self.controller.set_model_ready(False, "starting a new inference process")
         self._restart_child.set()
         return True

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 
 from kuavo_smolvla_ros.core.config import _L_LOWER, _L_UPPER, _R_LOWER, _R_UPPER
+from kuavo_smolvla_ros.sim.errors import GL_HELP, SimError
 
 # Headless rendering by default: EGL (Mesa on a CPU, the NVIDIA driver on a GPU). Set before
 # mujoco is imported anywhere; MUJOCO_GL=osmesa or glfw still win when the user sets them.
@@ -215,8 +216,6 @@ def load_mujoco():
     """``import mujoco``, or ``SimError`` with one line: with ``MUJOCO_GL=osmesa`` and no
     libOSMesa the import itself fails inside PyOpenGL."""
     import warnings
-
-    from kuavo_smolvla_ros.sim.robot import GL_HELP, SimError
 
     try:
         with warnings.catch_warnings():

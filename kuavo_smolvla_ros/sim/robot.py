@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kuavo_smolvla_ros.sim.errors import GL_HELP, SimError
 from kuavo_smolvla_ros.sim.model import (
     ARM_JOINTS,
     CAMERAS,
@@ -27,16 +28,6 @@ from kuavo_smolvla_ros.sim.model import (
     build_model,
     load_mujoco,
 )
-
-GL_HELP = (
-    "no OpenGL for MuJoCo's offscreen rendering (MUJOCO_GL={gl}: {err}); install Mesa's EGL"
-    " (Debian/Ubuntu: apt-get install libegl1 libegl-mesa0 libgl1 libgbm1) and run with"
-    " MUJOCO_GL=egl, or OSMesa (apt-get install libosmesa6) with MUJOCO_GL=osmesa"
-)
-
-
-class SimError(RuntimeError):
-    """A clear one-line reason the simulator cannot do what was asked."""
 
 
 @dataclass(frozen=True)

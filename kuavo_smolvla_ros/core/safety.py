@@ -213,11 +213,12 @@ class SafetyFilter:
             return self._last.copy()
 
         goal, n_clamped = clamp_to_limits(goal, self.lower, self.upper)
-        if self.ramp_time_s > 0:
-            s = min(max((t_now - self._t_start) / self.ramp_time_s, 0.0), 1.0)
-            if s < 1.0:
-                goal = np.clip(self._start + s * (goal - self._start), self.lower, self.upper)
-        cmd, n_limited = limit_step(goal, self._last, self.max_velocity * dt)
+        with np.errstate(under="ignore"):  # a subnormal blend or step rounds to 0: harmless
+            if self.ramp_time_s > 0:
+                s = min(max((t_now - self._t_start) / self.ramp_time_s, 0.0), 1.0)
+                if s < 1.0:
+                    goal = np.clip(self._start + s * (goal - self._start), self.lower, self.upper)
+            cmd, n_limited = limit_step(goal, self._last, self.max_velocity * dt)
         self.clamped += int(n_clamped > 0)
         self.speed_limited += int(n_limited > 0)
         self._last = cmd
@@ -336,8 +337,9 @@ class CommandGate:
         out = np.clip(cmd, self.lower, self.upper)
         if self._last is not None:
             dt = min(max(t_now - self._t_last, 0.0), self.dt_cap)
-            step = self.max_velocity * dt
-            out = np.clip(out, self._last - step, self._last + step)
+            with np.errstate(under="ignore"):  # a subnormal step rounds to 0: harmless
+                step = self.max_velocity * dt
+                out = np.clip(out, self._last - step, self._last + step)
         if not np.array_equal(out, cmd):
             self.cut += 1
         self.admitted += 1

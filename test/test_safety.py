@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from kuavo_smolvla_ros.core.config import RobotConfig, SafetyConfig
@@ -147,6 +147,12 @@ def test_margin_larger_than_half_a_joint_range_is_refused():
 
 
 @settings(max_examples=200, deadline=None)
+@example(  # found by hypothesis: a subnormal ramp blend must not raise an underflow
+    measured=np.array([0.0] * (DIM - 1) + [2.975659632114269e-179]),
+    steps=[(np.zeros(DIM), 1.589235608868679e-282)],
+    margin=0.0,
+    ramp_time=0.1,
+)
 @given(
     measured=st.lists(st.floats(-4.0, 4.0), min_size=DIM, max_size=DIM).map(np.array),
     steps=st.lists(st.tuples(TARGET, GAP), max_size=40),

@@ -317,7 +317,7 @@ def replay_live(
 
     if not (math.isfinite(speed) and speed > 0):
         raise ConfigError(f"--speed {speed}: must be > 0.")
-    checkpoint = resolve_checkpoint(checkpoint)  # a clear error before the node starts
+    checkpoint = resolve_checkpoint(checkpoint, cfg.policy.revision)  # clear error before the node
     out_dir = claim_out_dir(out_dir)  # refuses a directory holding files replay did not write
     cfg = replay_config(cfg, task)
     policy = dataclasses.replace(

@@ -158,7 +158,7 @@ def train_stages(
         raise StagesError("flat=True needs exactly one stage.")
     out = Path(out)
     device = resolve_device(opts.device)
-    ckpt = resolve_checkpoint(checkpoint)
+    ckpt = resolve_checkpoint(checkpoint, cfg.policy.revision)
     policy_cfg = read_policy_config(ckpt, device)
     ck = dims.CheckpointDims.from_policy_config(policy_cfg, dims.state_proj_in_features(ckpt))
     horizon = (

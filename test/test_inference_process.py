@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from kuavo_smolvla_ros.core.config import Config, ConfigError, PolicyConfig, Sch
 from kuavo_smolvla_ros.core.dims import DimensionError
 from kuavo_smolvla_ros.runners.eager import CheckpointError, example_inputs, load_policy
 from kuavo_smolvla_ros.runners.process import InferenceProcessError, ProcessRunner
+from kuavo_smolvla_ros.testing.fake_robot import child_pids
 
 pytestmark = pytest.mark.slow
 
@@ -183,19 +183,6 @@ if __name__ == "__main__":
 """
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-    return out
-
-
 @pytest.mark.parametrize("stopped", [False, True], ids=["running", "stopped"])
 def test_the_child_and_its_resource_tracker_die_with_a_killed_parent(
     tiny_checkpoint, tmp_path, stopped
@@ -212,7 +199,7 @@ def test_the_child_and_its_resource_tracker_die_with_a_killed_parent(
             line = parent.stdout.readline()
             assert line, "the parent exited before its child was ready"
         child = int(line.split()[1])
-        family = _children(parent.pid)  # the child and multiprocessing's resource tracker
+        family = child_pids(parent.pid)  # the child and multiprocessing's resource tracker
         assert child in family
         assert not _gone(child, timeout=0.5)
         if stopped:

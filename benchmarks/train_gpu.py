@@ -2,6 +2,7 @@
 
 In one call, under ``--out``:
 
+0. ``link``: ``nvidia-smi topo -m`` and the all-reduce bandwidth (``allreduce_gpu.py``).
 1. ``model``: the random-weight SmolVLA (``build_demo_model``, ``--size full`` on a GPU).
 2. ``data``: ``--episodes`` demo bags (different seeds, written in parallel) converted with the
    real converter into ONE LeRobot dataset with image features (``video=False``: no decoder).
@@ -11,7 +12,13 @@ In one call, under ``--out``:
    - ``lerobot1``: LeRobot's own ``lerobot-train`` on 1 GPU, same model, data and batch;
    - ``kuavo2``: ``accelerate launch --multi_gpu --num_processes N`` of the same command;
    - ``fp32``: ``kuavo1`` again with ``--mixed-precision no`` (same seed, data, steps);
-   - ``resume``: 2 processes: a run cut after its first checkpoint, resumed to the end.
+   - ``resume``: 2 processes: a run cut after its first checkpoint, resumed to the end;
+   - ``--variants``: more several-GPU runs with other arguments, e.g.
+     ``kuavo2_fp32comm=2:--grad-comm none`` (name=processes:arguments, ``;`` between them;
+     ``NAME=value`` arguments are environment variables, e.g. ``OMP_NUM_THREADS=8``).
+
+   ``--profile-steps N`` profiles N steps after the fifth of every kuavo run (inside the
+   warm-up, left out of the rates): ``profile_rank<R>.json`` per process, in the summary.
 
 4. ``summary.json`` and a Markdown table: samples/s, step time and its data share, bf16 vs
    fp32 loss curves, validation loss against training wall-clock.
@@ -43,7 +50,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("model", "data", "items", "kuavo1", "kuavo2", "fp32", "resume", "lerobot1")
+PHASES = ("link", "model", "data", "items", "kuavo1", "kuavo2", "fp32", "resume", "lerobot1")
 TASK = "pick up the cube and place it in the box"
 
 
@@ -128,6 +135,29 @@ def lerobot_cmd(a: argparse.Namespace, ckpt: Path, data: Path, out: Path) -> lis
 # Reading the runs back.
 
 
+def link(root: Path, gpus: int) -> dict[str, Any]:
+    """The GPUs' topology and the all-reduce bandwidth between them (NCCL's transport lines)."""
+    topo = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True)
+    out = root / "link.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(gpus), str(REPO / "benchmarks" / "allreduce_gpu.py"), "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, NCCL_DEBUG="INFO", NCCL_DEBUG_SUBSYS="INIT,GRAPH")
+    res = run(cmd, root / "link.log", env, 120)
+    text = (root / "link.log").read_text()
+    channels = sorted({m for m in re.findall(r"via (\S+(?:/\S+)?)", text)})
+    res |= {"topology": topo.stdout.strip().splitlines()[:6], "nccl_transports": channels}
+    if out.is_file():
+        res |= json.loads(out.read_text())
+    return res
+
+
+def read_profiles(out: Path) -> list[dict[str, Any]]:
+    keep = ("rank", "steps", "wall_s_per_step", "compute_s_per_step", "nccl_s_per_step",
+            "all_reduces_per_step", "compute_busy_share")  # fmt: skip
+    return [{k: json.loads(f.read_text()).get(k) for k in keep}
+            for f in sorted(out.glob("profile_rank*.json"))]  # fmt: skip
+
+
 def read_kuavo(out: Path, batch: int, procs: int, warmup: int) -> dict[str, Any]:
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steady = [r for r in log if r["step"] > warmup]
@@ -147,6 +177,7 @@ def read_kuavo(out: Path, batch: int, procs: int, warmup: int) -> dict[str, Any]
         "data_share": round(float(dat.sum() / (upd.sum() + dat.sum())), 4),
         "losses": [round(r["loss"], 5) for r in log],
         "validation": val,
+        "profile": read_profiles(out),
     }
 
 
@@ -279,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", type=int, default=2, help="processes of the several-GPU runs")
     p.add_argument("--phases", default=",".join(PHASES), help=f"subset of {PHASES}")
     p.add_argument("--timeout", type=float, default=600, help="per run, seconds")
+    p.add_argument("--variants", default="",
+                   help="more several-GPU runs: name=processes:arguments;...")  # fmt: skip
+    p.add_argument("--profile-steps", type=int, default=0, help="per kuavo run (after step 5)")
     p.add_argument("--side-by-side", action="store_true",
                    help="kuavo1 on GPU 0 and lerobot1 on GPU 1 at the same time")  # fmt: skip
     a = p.parse_args(argv)
@@ -294,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         summary_path.write_text(json.dumps(summary, indent=2))
 
+    if "link" in phases and a.device.startswith("cuda"):
+        summary["link"] = link(root, a.gpus)
+        say(f"link: {json.dumps(summary['link'])[:1500]}")
+        save()
     ckpt = root / "model"
     if "model" in phases:
         from kuavo_smolvla_ros.demo.model import build_demo_model
@@ -316,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         save()
     runs: dict[str, Any] = summary.setdefault("runs", {})
 
+    variants: dict[str, tuple[int, list[str]]] = {}
+    for spec in filter(None, a.variants.split(";")):
+        vname, rest = spec.split("=", 1)
+        procs_text, _, args_text = rest.partition(":")
+        variants[vname.strip()] = (int(procs_text), args_text.split())
+
     def one_run(name: str, gpu: int) -> dict[str, Any]:
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=str(gpu)) if a.device != "cpu" else None
         out = root / name
@@ -328,15 +372,23 @@ def main(argv: list[str] | None = None) -> int:
             if res["rc"] == 0:
                 res |= read_lerobot(root / f"{name}.log", a.batch_size, freq, freq)
             return res
-        procs = a.gpus if name == "kuavo2" else 1
-        extra = ["--val-freq", str(a.val_freq)] if name != "fp32" else ["--mixed-precision", "no"]
+        procs, extra = variants.get(name, (a.gpus if name == "kuavo2" else 1, []))
+        env_vars = dict(x.split("=", 1) for x in extra if re.fullmatch(r"[A-Z_]+=.*", x))
+        extra = [x for x in extra if x.split("=", 1)[0] not in env_vars]
+        extra = [*extra, "--profile-steps", str(a.profile_steps)]
+        extra += ["--val-freq", str(a.val_freq)] if name != "fp32" else ["--mixed-precision", "no"]
         cmd = kuavo_cmd(a, ckpt, data, out, procs, extra)
-        res = run(cmd, root / f"{name}.log", env if procs == 1 else None, a.timeout)
+        env = dict(os.environ, **env_vars)
+        if procs == 1 and a.device != "cpu":  # one process: one GPU; several: every GPU
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+        res = run(cmd, root / f"{name}.log", env, a.timeout)
         if res["rc"] == 0:
             res |= read_kuavo(out, a.batch_size, procs, a.warmup)
         return res
 
     order = [n for n in ("kuavo2", "kuavo1", "fp32", "resume", "lerobot1") if n in phases]
+    pos = order.index("kuavo1") + 1 if "kuavo1" in order else 0
+    order[pos:pos] = list(variants)  # right after the 1-GPU run they are compared with
     if a.side_by_side and "kuavo1" in order and "lerobot1" in order:
         # the two 1-GPU runs at once, one GPU each (separate cards, 32 cores between them)
         order.remove("lerobot1")

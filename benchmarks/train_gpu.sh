@@ -13,6 +13,6 @@ status=0
 # stop before the caller's limit so that the summary and logs are still copied out
 timeout "${BUDGET_S:-540}" python3 benchmarks/train_gpu.py --out "$WORK" "$@" || status=$?
 cp "$WORK/summary.json" "$OUT/" 2>/dev/null || true
-(cd "$WORK" && tar czf "$OUT/logs.tar.gz" ./*.log ./*/train_log.jsonl ./*/validation.json \
-  ./*/kuavo_train.json 2>/dev/null) || true
+(cd "$WORK" && tar czf "$OUT/logs.tar.gz" ./*.log ./*.json ./*/train_log.jsonl \
+  ./*/validation.json ./*/kuavo_train.json ./*/profile_rank* 2>/dev/null) || true
 exit $status

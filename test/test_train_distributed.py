@@ -15,6 +15,7 @@ import pytest
 from test_train import write_dataset
 
 from kuavo_smolvla_ros import training
+from kuavo_smolvla_ros.core.config import ConfigError
 
 STEPS = 4
 BATCH = 2
@@ -72,3 +73,46 @@ def test_two_processes_resume_a_run_train_it_together_and_write_one_checkpoint(
     assert len(val["rows"]) == 1 and val["rows"][0]["val_loss"]["pick_images"] > 0
     # Only the main process reports the run.
     assert proc.stdout.count("steps/s") == 1, proc.stdout
+
+
+def test_gradient_compression_is_bf16_only_with_several_cuda_processes():
+    from kuavo_smolvla_ros.training.loop import grad_comm
+
+    assert grad_comm("auto", "cuda", 2) == "bf16"
+    assert grad_comm("auto", "cuda:1", 8) == "bf16"
+    assert grad_comm("auto", "cuda", 1) == "none"
+    assert grad_comm("auto", "cpu", 2) == "none"
+    assert grad_comm("fp16", "cpu", 2) == "fp16"
+    for bad in ({"grad_comm": "int8"}, {"bucket_mb": 0}, {"profile_steps": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            training.TrainOptions(**bad)
+
+
+@pytest.mark.slow
+def test_compressed_all_reduce_rounds_the_gradients_and_the_profile_records_it(
+    tiny_checkpoint, image_dataset, tmp_path
+):
+    """Two processes, same seed and data: fp32 against bf16 all-reduce. The first step's loss
+    is the same (same weights); the later ones differ by the gradients' rounding only."""
+    steps = 6
+    losses = {}
+    for comm in ("none", "bf16"):
+        out = tmp_path / comm
+        torchrun(
+            "--checkpoint", str(tiny_checkpoint), "--dataset", str(image_dataset),
+            "--out", str(out), "--device", "cpu", "--batch-size", str(BATCH),
+            "--num-workers", "0", "--val-samples", "0", "--log-freq", "0", "--no-progress",
+            "--steps", str(steps), "--grad-comm", comm, "--profile-steps", "1",
+        )  # fmt: skip
+        assert json.loads((out / training.RUN_NAME).read_text())["grad_comm"] == comm
+        log = (out / training.LOG_NAME).read_text().splitlines()
+        losses[comm] = np.array([json.loads(line)["loss"] for line in log])
+        for rank in (0, 1):  # each process profiled one step, the all-reduce included
+            prof = json.loads((out / f"profile_rank{rank}.json").read_text())
+            assert prof["steps"] == 1 and prof["wall_s_per_step"] > 0
+            assert prof["all_reduces_per_step"] >= 1
+            assert "Self CPU time total" in (out / f"profile_rank{rank}.txt").read_text()
+    fp32, bf16 = losses["none"], losses["bf16"]
+    assert fp32[0] == bf16[0]
+    assert np.any(fp32[1:] != bf16[1:]), "the bf16 hook did not take part"
+    np.testing.assert_allclose(bf16, fp32, rtol=1e-4)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from kuavo_smolvla_ros.core import dims
 from kuavo_smolvla_ros.core.config import Config, ConfigError, load_config
 from kuavo_smolvla_ros.runners.eager import CheckpointError
-from kuavo_smolvla_ros.training.options import MIXED_PRECISION, TrainOptions
+from kuavo_smolvla_ros.training.options import GRAD_COMM, MIXED_PRECISION, TrainOptions
 from kuavo_smolvla_ros.training.stages import Stage, format_validation, load_stages, train_stages
 
 
@@ -62,6 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--action-horizon", type=int, default=None, help="must equal chunk_size")
     p.add_argument("--video-backend", choices=("torchcodec", "pyav"), default=None)
+    p.add_argument(
+        "--grad-comm",
+        choices=GRAD_COMM,
+        default=d.grad_comm,
+        help="gradient all-reduce between processes (auto: bf16 on CUDA, fp32 elsewhere)",
+    )
+    p.add_argument("--bucket-mb", type=int, default=d.bucket_mb, help="DDP gradient bucket MB")
+    p.add_argument(
+        "--profile-steps",
+        type=int,
+        default=d.profile_steps,
+        help="profile N steps after the first 5: profile_rank<R>.txt and .json in --out",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -90,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             val_freq=a.val_freq,
             action_horizon=a.action_horizon,
             video_backend=a.video_backend,
+            grad_comm=a.grad_comm,
+            bucket_mb=a.bucket_mb,
+            profile_steps=a.profile_steps,
             resume=a.resume,
             progress=not a.no_progress,
         )

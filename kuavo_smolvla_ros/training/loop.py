@@ -35,6 +35,7 @@ from kuavo_smolvla_ros.training.data import (
     video_backend,
 )
 from kuavo_smolvla_ros.training.options import LOG_NAME, StageResult, TrainOptions
+from kuavo_smolvla_ros.training.profiling import StepProfiler
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +52,45 @@ def mixed_precision(choice: str, device: str) -> str:
     return "no"
 
 
-def make_accelerator(device: str, precision: str) -> Any:
+def grad_comm(choice: str, device: str, processes: int) -> str:
+    """The gradient all-reduce's precision: ``auto`` is bf16 with several CUDA processes (half
+    the bytes over the GPU link; the optimizer still steps on fp32 gradients), else fp32."""
+    if choice != "auto":
+        return choice
+    return "bf16" if device.startswith("cuda") and processes > 1 else "none"
+
+
+def make_accelerator(device: str, precision: str, comm: str = "none", bucket_mb: int = 25) -> Any:
     """LeRobot's accelerator settings; under ``accelerate launch`` / ``torchrun`` it joins the
     process group (NCCL on CUDA, gloo with ``--device cpu``) and picks this process's GPU."""
     import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+    from accelerate.utils import (
+        DataLoaderConfiguration,
+        DDPCommunicationHookType,
+        DistributedDataParallelKwargs,
+    )
 
     if device.startswith("cuda:") and world_size() == 1:
         torch.cuda.set_device(torch.device(device))
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") not in (None, precision):
         AcceleratorState._reset_state(reset_partial_state=True)
+    hook = {"none": "NO", "bf16": "BF16", "fp16": "FP16"}[comm]
+    ddp = DistributedDataParallelKwargs(
+        # The same parameters take part in every step: DDP learns them in the first step
+        # instead of searching the autograd graph each step (LeRobot's find_unused_parameters
+        # did that, 25 % of the step on 2 H200s, and found no unused parameter).
+        static_graph=True,
+        bucket_cap_mb=bucket_mb,
+        comm_hook=DDPCommunicationHookType[hook],
+    )
     return Accelerator(
         mixed_precision=precision,
         cpu=device == "cpu",
         step_scheduler_with_optimizer=False,
-        # The same parameters take part in every step: DDP learns them in the first step
-        # instead of searching the autograd graph each step (LeRobot's find_unused_parameters
-        # did that, 25 % of the step on 2 H200s, and found no unused parameter).
-        kwargs_handlers=[DistributedDataParallelKwargs(static_graph=True)],
+        kwargs_handlers=[ddp],
         # pinned host batches go to the GPU without blocking the step that queued them
         dataloader_config=DataLoaderConfiguration(non_blocking=device.startswith("cuda")),
     )
@@ -353,11 +372,15 @@ def run_stage(
     if main:
         stage_dir.mkdir(parents=True, exist_ok=True)
         trim_log(log_path, step)
+    profiler = StepProfiler(
+        opts.profile_steps, stage_dir, accelerator.process_index, device.startswith("cuda")
+    )
     t_train = 0.0  # training wall time, validation excluded (for loss against time)
     t_mark = time.perf_counter()
     with open(log_path if main else os.devnull, "a") as log_file:
         policy.train()
         while step < plan.steps:
+            profiler.before_step(step - first_step)
             t0 = time.perf_counter()
             batch = pre(next(batches))
             tracker.dataloading_s = time.perf_counter() - t0
@@ -371,6 +394,7 @@ def run_stage(
                 lr_scheduler=lr_scheduler,
             )
             step += 1
+            profiler.after_step()
             tracker.step()
             loss = float(tracker.loss.val)
             if n_proc > 1:  # the mean over processes: every process sees the same number
@@ -435,6 +459,7 @@ def run_stage(
             if n_proc > 1 and (step % train_cfg.save_freq == 0 or step == plan.steps):
                 accelerator.wait_for_everyone()  # the checkpoint is whole before anyone reads it
             t_mark = time.perf_counter()  # validation and checkpoints are not training time
+    profiler.close()
     bar.close()
     rate = (step - first_step) / t_train if t_train > 0 else None
     log.info("%s: done, %.2f steps/s, checkpoint %s", name, rate or 0.0, final)

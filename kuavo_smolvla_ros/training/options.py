@@ -15,6 +15,7 @@ from typing import Any
 from kuavo_smolvla_ros.core.config import ConfigError
 
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
+GRAD_COMM = ("auto", "none", "bf16", "fp16")
 LOG_NAME = "train_log.jsonl"
 VALIDATION_NAME = "validation.json"
 RUN_NAME = "kuavo_train.json"
@@ -39,6 +40,12 @@ class TrainOptions:
     val_freq: int = 0  # also validate the stage's own task every N steps (0: at the end only)
     action_horizon: int | None = None  # None: the checkpoint's chunk_size (anything else refused)
     video_backend: str | None = None  # None: torchcodec if it loads, else pyav
+    # Gradients between processes (several processes only): auto compresses them to bf16 for
+    # the all-reduce on CUDA (DDP's bf16_compress_hook: half the bytes on the GPU link) and
+    # sends fp32 elsewhere (gloo). The optimizer still steps on fp32 gradients either way.
+    grad_comm: str = "auto"
+    bucket_mb: int = 25  # DDP's gradient bucket size (its default); larger: fewer all-reduces
+    profile_steps: int = 0  # profile this many steps after the first 5 (torch.profiler)
     resume: bool = False
     progress: bool = True
 
@@ -61,6 +68,12 @@ class TrainOptions:
             )
         if self.prefetch_factor < 1:
             raise ConfigError(f"prefetch_factor={self.prefetch_factor} must be >= 1.")
+        if self.grad_comm not in GRAD_COMM:
+            raise ConfigError(f"grad_comm={self.grad_comm!r}: one of {GRAD_COMM}.")
+        if self.bucket_mb < 1:
+            raise ConfigError(f"bucket_mb={self.bucket_mb} must be >= 1.")
+        if self.profile_steps < 0:
+            raise ConfigError(f"profile_steps={self.profile_steps} must be >= 0.")
         if self.video_backend not in (None, "torchcodec", "pyav"):
             raise ConfigError(f"video_backend={self.video_backend!r}: torchcodec, pyav or None.")
 

@@ -37,11 +37,13 @@ from kuavo_smolvla_ros.runners.eager import read_policy_config, resolve_checkpoi
 from kuavo_smolvla_ros.training.checks import StagesError, check_output_dir, plan_stages
 from kuavo_smolvla_ros.training.data import open_dataset
 from kuavo_smolvla_ros.training.loop import (
+    grad_comm,
     make_accelerator,
     mixed_precision,
     process_device,
     run_stage,
     validation_loss,
+    world_size,
 )
 from kuavo_smolvla_ros.training.options import (
     RUN_NAME,
@@ -170,7 +172,10 @@ def train_stages(
     # Every process checks before any of them writes: only the main process creates files,
     # after a barrier (the process group itself forms without one).
     check_output_dir(out, opts.resume)
-    accelerator = make_accelerator(device, mixed_precision(opts.mixed_precision, device))
+    comm = grad_comm(opts.grad_comm, device, world_size())
+    accelerator = make_accelerator(
+        device, mixed_precision(opts.mixed_precision, device), comm, opts.bucket_mb
+    )
     device = process_device(accelerator, device)
     main = accelerator.is_main_process
     log.info(
@@ -195,6 +200,7 @@ def train_stages(
                     "processes": accelerator.num_processes,
                     "distributed_type": str(accelerator.distributed_type),
                     "mixed_precision": accelerator.mixed_precision,
+                    "grad_comm": comm if accelerator.num_processes > 1 else "none",
                 },
                 indent=2,
             )

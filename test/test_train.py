@@ -399,3 +399,39 @@ def test_action_chunks_read_from_column_tensors_equal_lerobots_own_reads(tmp_pat
                         torch.equal(a[key], b[key]) if torch.is_tensor(b[key]) else a[key] == b[key]
                     )
                     assert same, (episodes, i, key)
+
+
+@pytest.mark.parametrize("video", [False, True], ids=["png", "video"])
+def test_uint8_image_batches_restore_lerobots_float_images_bit_for_bit(tmp_path, video):
+    """The workers' uint8 hand-over: a quarter of the bytes, and after ``restore`` the very
+    float32 batch LeRobot's own loader gives; an augmented image stays float32."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from torch.utils.data import DataLoader, default_collate
+
+    from kuavo_smolvla_ros.training.data import Uint8Images
+
+    root = write_dataset(tmp_path / "d", episodes=2, frames=12, size=32, video=video)
+    if video:
+        pytest.importorskip("av")
+    ds = LeRobotDataset(f"local/{root.name}", root=root, video_backend="pyav")
+    images = Uint8Images(ds.meta.camera_keys)
+    assert images.keys
+    theirs = next(iter(DataLoader(ds, batch_size=6, shuffle=False)))
+    handed = next(iter(DataLoader(ds, batch_size=6, shuffle=False, collate_fn=images.collate)))
+    for key in images.keys:
+        assert handed[key].dtype == torch.uint8 and theirs[key].dtype == torch.float32
+        assert handed[key].nbytes * 4 == theirs[key].nbytes
+    mine = images.restore(handed)
+    assert mine.keys() == theirs.keys()
+    for key, value in theirs.items():
+        if torch.is_tensor(value):
+            assert mine[key].dtype == value.dtype and torch.equal(mine[key], value), key
+    # Not 8-bit pixels (brightened, as an augmentation would): handed over unchanged.
+    key = images.keys[0]
+    items = [dict(ds[i]) for i in range(3)]
+    for item in items:
+        item[key] = item[key] * 0.9
+    batch = images.collate(items)
+    assert batch[key].dtype == torch.float32
+    assert torch.equal(batch[key], default_collate(items)[key])

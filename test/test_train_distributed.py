@@ -75,13 +75,14 @@ def test_two_processes_resume_a_run_train_it_together_and_write_one_checkpoint(
     assert proc.stdout.count("steps/s") == 1, proc.stdout
 
 
-def test_gradient_compression_is_bf16_only_with_several_cuda_processes():
+def test_gradients_are_compressed_to_bf16_only_between_machines():
     from kuavo_smolvla_ros.training.loop import grad_comm
 
-    assert grad_comm("auto", "cuda", 2) == "bf16"
-    assert grad_comm("auto", "cuda:1", 8) == "bf16"
+    assert grad_comm("auto", "cuda", 2, 2) == "none"  # one machine: NVLink or PCIe
     assert grad_comm("auto", "cuda", 1) == "none"
-    assert grad_comm("auto", "cpu", 2) == "none"
+    assert grad_comm("auto", "cuda:1", 16, 8) == "bf16"  # two machines of 8 GPUs
+    assert grad_comm("auto", "cpu", 4, 2) == "none"  # gloo
+    assert grad_comm("bf16", "cuda", 2, 2) == "bf16"
     assert grad_comm("fp16", "cpu", 2) == "fp16"
     for bad in ({"grad_comm": "int8"}, {"bucket_mb": 0}, {"profile_steps": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):

@@ -66,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
         "--grad-comm",
         choices=GRAD_COMM,
         default=d.grad_comm,
-        help="gradient all-reduce between processes (auto: bf16 on CUDA, fp32 elsewhere)",
+        help="gradient all-reduce between processes (auto: bf16 between machines, else fp32)",
+    )
+    p.add_argument(
+        "--no-uint8-images",
+        action="store_true",
+        help="loader workers hand images over as float32 (default: 8-bit pixels as uint8)",
     )
     p.add_argument("--bucket-mb", type=int, default=d.bucket_mb, help="DDP gradient bucket MB")
     p.add_argument(
@@ -104,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             action_horizon=a.action_horizon,
             video_backend=a.video_backend,
             grad_comm=a.grad_comm,
+            uint8_images=not a.no_uint8_images,
             bucket_mb=a.bucket_mb,
             profile_steps=a.profile_steps,
             resume=a.resume,

@@ -29,6 +29,7 @@ from kuavo_smolvla_ros.runners.eager import (
 )
 from kuavo_smolvla_ros.training.checks import StagePlan
 from kuavo_smolvla_ros.training.data import (
+    Uint8Images,
     aggregate_stats,
     open_dataset,
     train_loader,
@@ -52,12 +53,13 @@ def mixed_precision(choice: str, device: str) -> str:
     return "no"
 
 
-def grad_comm(choice: str, device: str, processes: int) -> str:
-    """The gradient all-reduce's precision: ``auto`` is bf16 with several CUDA processes (half
-    the bytes over the GPU link; the optimizer still steps on fp32 gradients), else fp32."""
+def grad_comm(choice: str, device: str, processes: int, local_processes: int | None = None) -> str:
+    """The gradient all-reduce's precision: ``auto`` is bf16 between machines (CUDA processes
+    on more than one host), where the network is the slow part, and fp32 on one machine."""
     if choice != "auto":
         return choice
-    return "bf16" if device.startswith("cuda") and processes > 1 else "none"
+    local = processes if local_processes is None else local_processes
+    return "bf16" if device.startswith("cuda") and processes > local else "none"
 
 
 def make_accelerator(device: str, precision: str, comm: str = "none", bucket_mb: int = 25) -> Any:
@@ -99,6 +101,11 @@ def make_accelerator(device: str, precision: str, comm: str = "none", bucket_mb:
 def world_size() -> int:
     """Processes of this run as the launcher announced them (before the accelerator exists)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_world_size() -> int:
+    """Processes of this run on this machine (torchrun and accelerate launch announce it)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
 
 
 def process_device(accelerator: Any, requested: str) -> str:
@@ -222,15 +229,22 @@ def validation_loss(
     max_samples: int = 64,
     seed: int = 0,
     accelerator: Any = None,
+    num_workers: int = 0,
 ) -> float:
-    """Mean flow-matching loss on evenly spaced samples with fixed noise: comparable over stages."""
+    """Mean flow-matching loss on evenly spaced samples with fixed noise: comparable over stages.
+
+    ``num_workers`` read the samples in parallel (decoding 64 items of three 640x480 cameras in
+    the training process took 10 s on a 2x H200 host, against 3 s for 60 training steps)."""
     import torch
     from lerobot.utils.random_utils import seeded_context
     from torch.utils.data import DataLoader, Subset
 
     n = len(dataset)
     idx = np.unique(np.linspace(0, n - 1, num=min(n, max_samples)).round().astype(int)).tolist()
-    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False)
+    workers = min(num_workers, -(-len(idx) // batch_size))  # no more workers than batches
+    loader = DataLoader(
+        Subset(dataset, idx), batch_size=batch_size, shuffle=False, num_workers=workers
+    )
     was_training = policy.training
     policy.eval()
     total, count = 0.0, 0
@@ -314,7 +328,11 @@ def run_stage(
     t0 = time.perf_counter()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", n_proc))
     samples = (plan.steps - step) * opts.batch_size * n_proc  # the rest of the run, in one go
-    loader, n_frames, n_episodes = train_loader(plan, train_cfg, opts, device, local, samples)
+    cameras = sorted({k for s, _ in plan.mix for k in s.meta.camera_keys})
+    images = Uint8Images(cameras if opts.uint8_images else ())
+    loader, n_frames, n_episodes = train_loader(
+        plan, train_cfg, opts, device, local, samples, collate=images.collate
+    )
     val_set = None
     if opts.val_freq and opts.val_samples and main:
         src = plan.source
@@ -382,7 +400,7 @@ def run_stage(
         while step < plan.steps:
             profiler.before_step(step - first_step)
             t0 = time.perf_counter()
-            batch = pre(next(batches))
+            batch = pre(images.restore(next(batches)))
             tracker.dataloading_s = time.perf_counter() - t0
             tracker, _ = update_policy(
                 tracker,
@@ -428,6 +446,7 @@ def run_stage(
                     max_samples=opts.val_samples,
                     seed=opts.seed,
                     accelerator=accelerator,
+                    num_workers=loader.num_workers,
                 )
                 record["val_s"] = round(time.perf_counter() - t0, 3)
             log_file.write(json.dumps(record) + "\n")

@@ -35,9 +35,10 @@ from kuavo_smolvla_ros.core import dims
 from kuavo_smolvla_ros.core.config import Config
 from kuavo_smolvla_ros.runners.eager import read_policy_config, resolve_checkpoint, resolve_device
 from kuavo_smolvla_ros.training.checks import StagesError, check_output_dir, plan_stages
-from kuavo_smolvla_ros.training.data import open_dataset
+from kuavo_smolvla_ros.training.data import loader_settings, open_dataset
 from kuavo_smolvla_ros.training.loop import (
     grad_comm,
+    local_world_size,
     make_accelerator,
     mixed_precision,
     process_device,
@@ -172,7 +173,7 @@ def train_stages(
     # Every process checks before any of them writes: only the main process creates files,
     # after a barrier (the process group itself forms without one).
     check_output_dir(out, opts.resume)
-    comm = grad_comm(opts.grad_comm, device, world_size())
+    comm = grad_comm(opts.grad_comm, device, world_size(), local_world_size())
     accelerator = make_accelerator(
         device, mixed_precision(opts.mixed_precision, device), comm, opts.bucket_mb
     )
@@ -247,6 +248,7 @@ def train_stages(
                     max_samples=opts.val_samples,
                     seed=opts.seed,
                     accelerator=accelerator,
+                    num_workers=loader_settings(opts, device)["num_workers"],
                 )
             log.info("validation of %d task(s) in %.1f s", plan.index, time.perf_counter() - t0)
         if accelerator.num_processes > 1:  # every process returns the same result

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         "--num-workers",
         type=int,
         default=d.num_workers,
-        help="loader workers per process (default: one per core, at most 8 on CUDA)",
+        help="loader workers per process (default: one per core, at most 16 on CUDA)",
     )
     p.add_argument(
         "--prefetch-factor",

@@ -30,8 +30,8 @@ class TrainOptions:
     lr: float | None = None  # None: the policy preset (1e-4 for SmolVLA)
     device: str = "auto"
     mixed_precision: str = "auto"  # auto: bf16 on CUDA, none elsewhere
-    num_workers: int | None = None  # None: one per core, at most 8 on CUDA (data.loader_settings)
-    prefetch_factor: int = 4  # batches queued per loader worker
+    num_workers: int | None = None  # None: one per core, at most 16 on CUDA (data.loader_settings)
+    prefetch_factor: int = 2  # batches queued per loader worker
     seed: int = 1000
     save_freq: int = 0  # 0: save only at the end of each stage
     log_freq: int = 50

@@ -204,8 +204,11 @@ class Uint8Images:
             x = batch.get(key)
             if not (isinstance(x, torch.Tensor) and x.dtype == torch.float32):
                 continue
-            q = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-            if torch.equal(q.to(torch.float32).div(255), x):
+            # in place where possible: the check costs a worker 0.24 s a batch of 16 three-camera
+            # 640x480 items on one core here, against 0.38 s with a new tensor per step
+            y = x.mul(255).round_()
+            q = y.to(torch.uint8)  # out-of-range values wrap, and the check below fails
+            if torch.equal(y.copy_(q).div_(255), x):
                 batch[key] = q
         return batch
 

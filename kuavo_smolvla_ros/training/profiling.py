@@ -69,6 +69,7 @@ class StepProfiler:
 
     def _finish(self) -> None:
         import torch
+        from torch.autograd import DeviceType
 
         if self.cuda:
             torch.cuda.synchronize()
@@ -76,20 +77,28 @@ class StepProfiler:
         prof, self._prof = self._prof, None
         prof.__exit__(None, None, None)
         events = prof.key_averages()
-        device = sum(_device_us(e) for e in events) / 1e6
-        nccl = sum(_device_us(e) for e in events if "nccl" in e.key.lower()) / 1e6
+        # GPU work is the device-side events (kernels, copies); an operator's own "device time"
+        # repeats its kernels', and annotations (DDP's forward, nccl:all_reduce) span them.
+        kernels = [
+            e
+            for e in events
+            if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)
+        ]
+        device = sum(_device_us(e) for e in kernels) / 1e6
+        nccl = sum(_device_us(e) for e in kernels if "nccl" in e.key.lower()) / 1e6
         reduces = sum(e.count for e in events if e.key.startswith("c10d::allreduce"))
         summary = {
             "rank": self.rank,
             "steps": self._done,
             "wall_s_per_step": round(wall / self._done, 4),
             "compute_s_per_step": round((device - nccl) / self._done, 4),
+            # NCCL kernels run beside the compute and include their wait for the other ranks
             "nccl_s_per_step": round(nccl / self._done, 4),
             "all_reduces_per_step": reduces / self._done,  # gradient buckets (and the loss)
             "compute_busy_share": round((device - nccl) / wall, 3) if self.cuda else None,
             "top_device_ops": [
                 {"op": e.key[:80], "s_per_step": round(_device_us(e) / 1e6 / self._done, 5)}
-                for e in sorted(events, key=_device_us, reverse=True)[:15]
+                for e in sorted(kernels, key=_device_us, reverse=True)[:15]
             ],
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)

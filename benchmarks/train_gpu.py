@@ -6,6 +6,8 @@ In one call, under ``--out``:
 1. ``model``: the random-weight SmolVLA (``build_demo_model``, ``--size full`` on a GPU).
 2. ``data``: ``--episodes`` demo bags (different seeds, written in parallel) converted with the
    real converter into ONE LeRobot dataset with image features (``video=False``: no decoder).
+   ``loader``: ``loader_throughput.py``: the training loader alone at 8 and 16 workers, one and
+   two loaders at once: batches/s at steady state, to hold against the step time.
 3. runs, each a separate process as a user would start it (``python -m``):
 
    - ``kuavo1``: ``kuavo-smolvla-train`` on 1 GPU, bf16, validation every ``--val-freq`` steps;
@@ -50,7 +52,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("link", "model", "data", "items", "kuavo1", "kuavo2", "fp32", "resume", "lerobot1")
+PHASES = (
+    "link", "model", "data", "items", "loader", "kuavo1", "kuavo2", "fp32", "resume", "lerobot1"
+)  # fmt: skip
 TASK = "pick up the cube and place it in the box"
 
 
@@ -353,6 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     if "items" in phases:
         summary["items"] = item_times(data)
         say(f"items: {summary['items']}")
+        save()
+    if "loader" in phases:
+        out = root / "loader.json"
+        cmd = [sys.executable, str(REPO / "benchmarks" / "loader_throughput.py"), "--dataset",
+               str(data), "--workers", "8,16", "--copies", f"1,{a.gpus}", "--batch-size",
+               str(a.batch_size), "--device", a.device, "--out", str(out)]  # fmt: skip
+        summary["loader"] = run(cmd, root / "loader.log", None, a.timeout)
+        if out.is_file():
+            summary["loader"] |= json.loads(out.read_text())
         save()
     runs: dict[str, Any] = summary.setdefault("runs", {})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -390,9 +391,11 @@ def test_action_chunks_read_from_column_tensors_equal_lerobots_own_reads(tmp_pat
         read_chunks_from_columns(whole)
         view = TaskText(whole, None, episodes)
         assert len(view) == len(theirs) and view.num_episodes == theirs.num_episodes
+        # Loader workers started by spawn or forkserver (macOS, Python 3.14) get it pickled.
+        unpickled = pickle.loads(pickle.dumps(mine))
         for i in (0, 7, 19, 20, len(theirs) - 1):
             b = theirs[i]
-            for a in (mine[i], view[i]):
+            for a in (mine[i], view[i], unpickled[i]):
                 assert a.keys() == b.keys()
                 for key in b:
                     same = (

@@ -164,18 +164,28 @@ def read_chunks_from_columns(dataset: Any) -> None:
         return
     table = hf.with_format("numpy", columns=keys)
     columns = {k: torch.from_numpy(np.stack(table[k])) for k in keys}
-    lerobot_query = dataset._query_hf_dataset
+    dataset._query_hf_dataset = ColumnQuery(dataset, columns)
 
-    def query(query_indices: dict[str, list[int]]) -> dict[str, Any]:
-        rest = {k: v for k, v in query_indices.items() if k not in columns}
-        out = lerobot_query(rest) if rest else {}
-        to_rel = dataset._absolute_to_relative_idx
-        for key in query_indices.keys() & columns.keys():
+
+class ColumnQuery:
+    """``LeRobotDataset._query_hf_dataset`` with the numeric columns served from tensors.
+
+    A class, not a closure, so that a dataset still pickles: loader workers started by spawn
+    or forkserver (macOS, Python 3.14) receive it pickled."""
+
+    def __init__(self, dataset: Any, columns: dict[str, Any]) -> None:
+        self.dataset = dataset
+        self.columns = columns
+
+    def __call__(self, query_indices: dict[str, list[int]]) -> dict[str, Any]:
+        ds = self.dataset
+        rest = {k: v for k, v in query_indices.items() if k not in self.columns}
+        out = type(ds)._query_hf_dataset(ds, rest) if rest else {}  # LeRobot's own query
+        to_rel = ds._absolute_to_relative_idx
+        for key in query_indices.keys() & self.columns.keys():
             idx = query_indices[key]
-            out[key] = columns[key][idx if to_rel is None else [to_rel[i] for i in idx]]
+            out[key] = self.columns[key][idx if to_rel is None else [to_rel[i] for i in idx]]
         return out
-
-    dataset._query_hf_dataset = query
 
 
 class Uint8Images:

@@ -101,6 +101,38 @@ def test_fresh_inputs_resume_with_a_new_chunk_and_no_jump():
     np.testing.assert_allclose(cmds[-1], np.clip(POSE - 0.2, LOWER, UPPER), atol=1e-9)
 
 
+def test_a_clock_jump_back_forgets_inputs_and_chunk_and_resumes_from_the_held_command():
+    """Sim time going back (``ros2 bag play --loop``, a simulator restart): inputs received at
+    the old, later times must not count as fresh, the buffered chunk's times are in the
+    future, and an answer in flight observed the old time. The robot holds the last command
+    exactly (no time has passed for the speed limit), then ramps to the new chunk."""
+    from kuavo_smolvla_ros.core.safety import invariant_violations
+
+    c = PolicyController(_cfg())
+    ticks = _run(c, 100.0, 102.0, _target(POSE + 0.1))
+    assert ticks[-1][1].mode == "running"
+    _feed(c, 102.0)
+    before = c.tick(102.0)
+    assert before.request is not None and before.command is not None
+    ticks.append((102.0, before))
+
+    jumped = c.tick(10.0)  # no input since the jump: everything it had is from "the future"
+    ticks.append((10.0, jumped))
+    assert c.counters.clock_jumps == 1
+    assert jumped.mode == "holding" and jumped.request is None
+    assert set(jumped.stale) >= {"arm", "gripper", "camera:head_cam_h"}
+    np.testing.assert_array_equal(jumped.command, before.command)
+    assert c.on_chunk(before.request, np.tile(POSE, (50, 1)), 10.02) == -1  # old observation
+
+    ticks += _run(c, 10.01, 12.5, _target(POSE - 0.1))
+    assert ticks[-1][1].mode == "running" and c.counters.clock_jumps == 1
+    times = np.array([t for t, k in ticks if k.command is not None])
+    cmds = np.array([k.command for _, k in ticks if k.command is not None])
+    np.testing.assert_allclose(cmds[-1], np.clip(POSE - 0.1, LOWER, UPPER), atol=1e-9)
+    vmax = np.asarray(Config().robot.max_velocity)
+    assert invariant_violations(cmds, times, LOWER, UPPER, vmax, c.gate.dt_cap) == []
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -1e308])
 def test_a_model_answer_with_nan_or_inf_faults_and_holds_until_reset(bad):
     c = PolicyController(_cfg())

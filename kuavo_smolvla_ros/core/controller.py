@@ -37,6 +37,7 @@ an older episode is dropped. An outstanding request older than ``timeout_s`` is 
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -101,6 +102,7 @@ class Counters:
     timeouts: int = 0
     dropped_results: int = 0
     refused_enables: int = 0
+    clock_jumps: int = 0  # the control clock went back (sim time: a bag loop, a restart)
 
 
 class PolicyController:
@@ -137,6 +139,7 @@ class PolicyController:
         self._needs_ramp = False
         self._publishing = True
         self._outstanding: InferenceRequest | None = None
+        self._t_tick = -math.inf  # the previous tick's time: a later one earlier is a jump back
         self._t_requested = 0.0
         self._timed_out_token = -1
         self._model_ready = True
@@ -276,6 +279,9 @@ class PolicyController:
         """
         with self._lock:
             self.counters.ticks += 1
+            if t_now < self._t_tick:
+                self._clock_jump_locked(t_now)
+            self._t_tick = t_now
             resumed = publish and not self._publishing
             self._publishing = publish
             if not self._enabled:
@@ -320,6 +326,20 @@ class PolicyController:
             else:
                 self._why = "running" + (" (ramping)" if self.safety.ramping(t_now) else "")
             return self._emit(command, request, RUNNING, [], t_now, publish)
+
+    def _clock_jump_locked(self, t_now: float) -> None:
+        """The control clock went back (sim time: ``ros2 bag play --loop``, a simulator
+        restart). Inputs received "later" than now would count as fresh and the chunk's times
+        are in the future: forget both, drop any answer in flight (it observed the old time),
+        and continue from the last published command at the new time. The robot holds until
+        fresh inputs and a new chunk arrive, then ramps from the held command."""
+        self.counters.clock_jumps += 1
+        self.buffer.reset()
+        self._restart_locked()
+        self._t_requested = min(self._t_requested, t_now)  # the watchdog counts from here
+        last = self.gate.last if self.gate.last is not None else self.safety.last_command
+        if last is not None:
+            self.safety.rebase(last, t_now, t_now)
 
     def _waiting_why(self) -> str:
         if not self._model_ready:
@@ -425,6 +445,7 @@ class PolicyController:
             "rejected_chunks": s.rejected_chunks,
             "model_failures": self.counters.model_failures,
             "timeouts": self.counters.timeouts,
+            "clock_jumps": self.counters.clock_jumps,
             "clamped": self.safety.clamped,
             "speed_limited": self.safety.speed_limited,
             "holds": self.safety.holds,

@@ -102,6 +102,7 @@ class PolicyNode(Node):
 
         self._warned: dict[str, tuple[float, int]] = {}
         self._timeouts_seen = 0
+        self._clock_jumps_seen = 0
         self._killed_pid: int | None = None  # the child the watchdog killed (maybe not reaped)
         self._stamp_offset: int | None = None
         self._dead_child_seen: int | None = None  # pid of an exited child already reported
@@ -270,6 +271,12 @@ class PolicyNode(Node):
             self._publish(tick, stamp)
         if self.controller.counters.timeouts > self._timeouts_seen:
             self._on_timeout()
+        if self.controller.counters.clock_jumps > self._clock_jumps_seen:
+            self._clock_jumps_seen = self.controller.counters.clock_jumps
+            self.get_logger().warning(
+                f"the clock went back to {t:.3f} s (sim time: a bag loop or a restart): inputs"
+                " and chunk dropped, holding the last command until fresh inputs and a new chunk"
+            )
         if tick.stale:
             self.get_logger().warning(
                 f"holding: stale inputs {', '.join(tick.stale)}", throttle_duration_sec=2.0

@@ -713,8 +713,9 @@ class ObservationBuffer:
     An input is stale when it never arrived or when ``t_now - t_received`` exceeds
     ``inputs.state_timeout_s`` (arm, gripper) or ``inputs.camera_timeout_s`` (cameras). A
     receive time later than ``t_now`` counts as fresh; on a clock jump backwards (sim time
-    restart, bag loop) :meth:`reset` it (``PolicyController.tick`` does). Stale names: ``"arm"``, ``"gripper"``,
-    ``"camera:<robot camera name>"``, and ``"task"`` while the task text is empty.
+    restart, bag loop) :meth:`reset` it (``PolicyController.tick`` does). Stale names:
+    ``"arm"``, ``"gripper"``, ``"camera:<robot camera name>"``, and ``"task"`` while the task
+    text is empty.
 
     ``update_image`` keeps the array it is given (no copy): hand over a fresh one, as
     :func:`decode_image` returns, and do not change it afterwards.

@@ -326,7 +326,7 @@ def run_stage(
         if n_proc > 1:  # the saved RNG state is the main process's: give each its own again
             set_seed(opts.seed + step + _SEED_STRIDE * accelerator.process_index, accelerator)
     t0 = time.perf_counter()
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", n_proc))
+    local = local_world_size()
     samples = (plan.steps - step) * opts.batch_size * n_proc  # the rest of the run, in one go
     cameras = sorted({k for s, _ in plan.mix for k in s.meta.camera_keys})
     images = Uint8Images(cameras if opts.uint8_images else ())

@@ -234,7 +234,7 @@ def validation_loss(
     """Mean flow-matching loss on evenly spaced samples with fixed noise: comparable over stages.
 
     ``num_workers`` read the samples in parallel (decoding 64 items of three 640x480 cameras in
-    the training process took 10 s on a 2x H200 host, against 3 s for 60 training steps)."""
+    the training process took 10-14 s on a 2x H200 host, against 3 s for 10 training steps)."""
     import torch
     from lerobot.utils.random_utils import seeded_context
     from torch.utils.data import DataLoader, Subset
